@@ -1,0 +1,37 @@
+//! What the evaluator is asked and what it answers.
+
+use std::net::IpAddr;
+
+/// One request, as the filter sees it. Borrowed: building one costs nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Request<'a> {
+    /// The peer's SPIFFE ID from its mTLS certificate; `None` on plaintext or when the
+    /// certificate is not a valid X.509-SVID.
+    pub principal: Option<&'a str>,
+    /// The peer's address; `None` matches no `ipBlocks`.
+    pub source_ip: Option<IpAddr>,
+    /// The raw `:authority` (normalized by the evaluator for host patterns).
+    pub authority: &'a str,
+    /// The connection's local (destination) port.
+    pub port: u16,
+    pub method: &'a str,
+    /// Values of the headers the table references, indexed like
+    /// [`Table::header_names`](crate::Table::header_names); repeated headers joined with `,`.
+    pub headers: &'a [Option<&'a str>],
+}
+
+/// Which policy rule decided. `rule` is `None` for a policy without rules (it matches all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    pub policy: u32,
+    pub rule: Option<u32>,
+}
+
+/// The outcome of one evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The matching rule that decided, or `None` for the default (no DENY matched and either no
+    /// ALLOW policy exists, or none matched).
+    pub by: Option<RuleRef>,
+}
