@@ -16,6 +16,7 @@
 mod hash;
 mod request;
 pub mod spec;
+pub mod spiffe;
 mod table;
 pub mod wire;
 

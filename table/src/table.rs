@@ -41,6 +41,7 @@ pub struct Table {
     regexes: Vec<Regex>,
     header_names: Vec<String>,
     rule_count: usize,
+    uses_source_ip: bool,
 }
 
 /// A header regex that the `regex` engine would not compile.
@@ -157,6 +158,9 @@ impl Cidr {
     }
 }
 
+/// A range of [`IdLists::ids`].
+type IdRange = (u32, u32);
+
 /// Clause ids stored contiguously; maps point at ranges of `ids`.
 #[derive(Debug, Default)]
 struct IdLists {
@@ -168,7 +172,7 @@ impl IdLists {
     fn freeze<K: std::hash::Hash + Eq>(
         &mut self,
         groups: FastMap<K, Vec<u32>>,
-    ) -> FastMap<K, (u32, u32)> {
+    ) -> FastMap<K, IdRange> {
         groups
             .into_iter()
             .map(|(k, v)| {
@@ -180,7 +184,7 @@ impl IdLists {
     }
 
     #[inline]
-    fn get(&self, (start, end): (u32, u32)) -> &[u32] {
+    fn get(&self, (start, end): IdRange) -> &[u32] {
         self.ids.get(start as usize..end as usize).unwrap_or(&[])
     }
 }
@@ -188,9 +192,9 @@ impl IdLists {
 #[derive(Debug, Default)]
 struct PatternIndex {
     ids: IdLists,
-    exact: FastMap<Box<[u8]>, (u32, u32)>,
-    prefix: FastMap<Box<[u8]>, (u32, u32)>,
-    suffix: FastMap<Box<[u8]>, (u32, u32)>,
+    exact: FastMap<Box<[u8]>, IdRange>,
+    prefix: FastMap<Box<[u8]>, IdRange>,
+    suffix: FastMap<Box<[u8]>, IdRange>,
     prefix_lens: Vec<usize>,
     suffix_lens: Vec<usize>,
     any: Vec<u32>,
@@ -285,8 +289,8 @@ impl PatternIndex {
 struct CidrIndex {
     ids: IdLists,
     /// Per prefix length: network -> clauses.
-    v4: Vec<(u8, FastMap<u32, (u32, u32)>)>,
-    v6: Vec<(u8, FastMap<u128, (u32, u32)>)>,
+    v4: Vec<(u8, FastMap<u32, IdRange>)>,
+    v6: Vec<(u8, FastMap<u128, IdRange>)>,
 }
 
 impl CidrIndex {
@@ -453,7 +457,9 @@ impl Table {
             }
         }
         let rule_count = b.rules.len();
+        let uses_source_ip = b.sources.iter().any(|c| !c.ip_blocks.is_empty());
         Ok(Table {
+            uses_source_ip,
             policies: set
                 .policies
                 .iter()
@@ -480,6 +486,11 @@ impl Table {
     /// `:method` that the policies look at; [`Request::headers`] is indexed the same way.
     pub fn header_names(&self) -> &[String] {
         &self.header_names
+    }
+
+    /// Whether any rule looks at the source address (so the filter can skip fetching it).
+    pub fn uses_source_ip(&self) -> bool {
+        self.uses_source_ip
     }
 
     pub fn policy_count(&self) -> usize {

