@@ -1,0 +1,155 @@
+//! A real Envoy process: started from a bootstrap, waited for, stopped on drop.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Envoy {
+    /// Starts Envoy on `bootstrap` (a file) with one worker, and waits until its admin
+    /// `/ready` says LIVE. On failure returns Envoy's log.
+    pub fn start(bootstrap: &Path, admin: SocketAddr, log: &Path) -> Result<Envoy, String> {
+        let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(crate::envoy_binary())
+            .arg("-c")
+            .arg(bootstrap)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+            ])
+            .args(["--component-log-level", "wasm:debug"])
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(err_file)
+            .spawn()
+            .map_err(|e| format!("cannot start Envoy: {e}"))?;
+        let mut envoy = Envoy {
+            child,
+            admin,
+            log: log.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                return Err(format!(
+                    "Envoy exited ({status}) during startup:\n{}",
+                    envoy.log_text()
+                ));
+            }
+            if envoy
+                .admin_get("/ready")
+                .is_some_and(|(code, body)| code == 200 && body.contains("LIVE"))
+            {
+                return Ok(envoy);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("Envoy not ready after 60 s:\n{}", envoy.log_text()))
+    }
+
+    /// Waits (bounded) for Envoy to exit by itself, e.g. on a rejected configuration.
+    pub fn wait_exit(
+        bootstrap: &Path,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<(i32, String), String> {
+        let log_file = std::fs::File::create(log).map_err(|e| e.to_string())?;
+        let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
+        let mut child = Command::new(crate::envoy_binary())
+            .arg("-c")
+            .arg(bootstrap)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(err_file)
+            .spawn()
+            .map_err(|e| format!("cannot start Envoy: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Ok((
+                    status.code().unwrap_or(-1),
+                    std::fs::read_to_string(log).unwrap_or_default(),
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "Envoy still running after {timeout:?}:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET on the admin interface: (status, body).
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        plain_get(self.admin, path)
+    }
+
+    /// The value of one counter at `/stats`, if Envoy has it.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let (_, body) = self.admin_get(&format!("/stats?filter=^{name}$"))?;
+        body.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close) over plain TCP (for the admin interface).
+pub fn plain_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -1,0 +1,349 @@
+//! The Wasm filter in a real Envoy 1.40 over real mTLS: the guide's authorization checks, XFCC
+//! byte-for-byte against Envoy's own SANITIZE_SET, shadow mode, stats, configuration errors.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
+use meshauthz_policy_compiler::compile_sources;
+use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
+use meshauthz_tests::bootstrap::{Listener, bootstrap};
+use meshauthz_tests::http::client_cert_args;
+use meshauthz_tests::{CurlResult, Echo, Envoy, curl, filter_wasm, free_port};
+
+const TD: &str = "my-project.svc.id.goog";
+
+fn spiffe(sa: &str) -> String {
+    format!("spiffe://{TD}/ns/default/sa/{sa}")
+}
+
+fn policy_yaml(name: &str, ports: &[u16]) -> String {
+    format!(
+        "name: {name}\naction: ALLOW\nrules:\n- sources:\n  - principals: [\"{}\"]\n  destinations:\n  - hosts: [service-test]\n    ports: {ports:?}\n    methods: [GET]\n",
+        spiffe("demo-client")
+    )
+}
+
+fn config_for(yaml: &str, mode: Mode, xfcc: Xfcc) -> String {
+    let compiled = compile_sources(&[("policy.yaml".into(), yaml.into())], true)
+        .expect("test policy compiles");
+    plugin_config(&compiled.table_bytes(), mode, xfcc)
+}
+
+/// A CA, credentials for the server and several clients, an echo upstream, and one Envoy.
+struct Fixture {
+    dir: tempfile::TempDir,
+    envoy: Envoy,
+    _echo: Echo,
+    ports: Ports,
+}
+
+struct Ports {
+    enforce: u16,
+    /// Same filter, but a port the policy does not list.
+    unlisted: u16,
+    /// Envoy's own SANITIZE_SET, no filter: the XFCC reference.
+    reference: u16,
+    plaintext: u16,
+    shadow: u16,
+}
+
+impl Fixture {
+    fn start() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = MeshCa::generate("TestCorpLLC").expect("CA");
+        let server = dir.path().join("server");
+        ca.issue(&LeafSpec::svid(&spiffe("demo-server")))
+            .expect("issue")
+            .write_to(&server)
+            .expect("write");
+        let mut client = LeafSpec::svid(&spiffe("demo-client"));
+        client.common_name = Some("demo-client, \"quoted\"".into());
+        client.dns = vec!["client.example".into(), "client2.example".into()];
+        ca.issue(&client)
+            .expect("issue")
+            .write_to(&dir.path().join("client"))
+            .expect("write");
+        ca.issue(&LeafSpec::svid(&spiffe("other")))
+            .expect("issue")
+            .write_to(&dir.path().join("other"))
+            .expect("write");
+        let mut two = LeafSpec::svid(&spiffe("demo-client"));
+        two.uris.push(spiffe("demo-server"));
+        ca.issue(&two)
+            .expect("issue")
+            .write_to(&dir.path().join("two-uris"))
+            .expect("write");
+
+        let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo upstream");
+        let ip = Ipv4Addr::LOCALHOST;
+        let ports = Ports {
+            enforce: free_port(ip),
+            unlisted: free_port(ip),
+            reference: free_port(ip),
+            plaintext: free_port(ip),
+            shadow: free_port(ip),
+        };
+        let enforce = config_for(
+            &policy_yaml("authz-policy", &[ports.enforce, ports.plaintext]),
+            Mode::Enforce,
+            Xfcc::SanitizeSet,
+        );
+        let shadow = config_for(
+            &policy_yaml("authz-shadow", &[ports.shadow]),
+            Mode::Shadow,
+            Xfcc::SanitizeSet,
+        );
+        let listener = |name: &str, port, tls: bool, config: Option<&String>, fcc| Listener {
+            name: name.into(),
+            port,
+            tls: tls.then(|| server.clone()),
+            plugin_config: config.cloned(),
+            forward_client_cert: fcc,
+        };
+        let listeners = [
+            listener("enforce", ports.enforce, true, Some(&enforce), "SANITIZE"),
+            listener("unlisted", ports.unlisted, true, Some(&enforce), "SANITIZE"),
+            listener("reference", ports.reference, true, None, "SANITIZE_SET"),
+            listener(
+                "plaintext",
+                ports.plaintext,
+                false,
+                Some(&enforce),
+                "SANITIZE",
+            ),
+            listener("shadow", ports.shadow, true, Some(&shadow), "SANITIZE"),
+        ];
+        let admin = free_port(ip);
+        let yaml = bootstrap(admin, &listeners, &filter_wasm(), echo.addr().port());
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, yaml).expect("write bootstrap");
+        let envoy = Envoy::start(&path, (ip, admin).into(), &dir.path().join("envoy.log"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Fixture {
+            dir,
+            envoy,
+            _echo: echo,
+            ports,
+        }
+    }
+
+    fn identity(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// curl over mTLS as `client` (a credentials directory name), with extra arguments.
+    fn request(&self, client: Option<&str>, port: u16, host: &str, extra: &[&str]) -> CurlResult {
+        let mut args: Vec<String> = Vec::new();
+        let scheme = match client {
+            Some(c) => {
+                args.extend(client_cert_args(&self.identity(c)));
+                args.push("-k".into());
+                "https"
+            }
+            None => "http",
+        };
+        args.extend(["-H".to_owned(), format!("Host: {host}")]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("{scheme}://127.0.0.1:{port}/get"));
+        curl(&args)
+    }
+}
+
+fn assert_denied(r: &CurlResult, what: &str) {
+    assert_eq!(r.status, 403, "{what}: {r:?}");
+    assert_eq!(r.body, "RBAC: access denied", "{what}");
+}
+
+#[test]
+fn guide_policy_is_enforced_over_mtls() {
+    let f = Fixture::start();
+    let p = f.ports.enforce;
+    let ok = f.request(Some("client"), p, "service-test", &[]);
+    assert_eq!(
+        ok.status,
+        200,
+        "allowed GET: {ok:?}\n{}",
+        f.envoy.log_text()
+    );
+    assert!(ok.body.starts_with("GET /get HTTP/1.1\n"), "{}", ok.body);
+    let xfcc = ok
+        .echoed_header("x-forwarded-client-cert")
+        .expect("XFCC reaches the upstream");
+    assert!(
+        xfcc.starts_with(&format!("By={};Hash=", spiffe("demo-server"))),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.contains(&format!(
+            ";URI={};DNS=client.example;DNS=client2.example",
+            spiffe("demo-client")
+        )),
+        "{xfcc}"
+    );
+
+    let post = f.request(Some("client"), p, "service-test", &["-X", "POST", "-d", ""]);
+    assert_denied(&post, "POST");
+    let denied = f.request(
+        Some("client"),
+        p,
+        "service-test",
+        &["-X", "POST", "-d", "", "-D", "-"],
+    );
+    assert!(
+        denied
+            .body
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{}",
+        denied.body
+    );
+
+    let head = f.request(Some("client"), p, "service-test", &["-I"]);
+    assert_eq!(head.status, 403, "HEAD: {head:?}");
+
+    assert_denied(
+        &f.request(Some("other"), p, "service-test", &[]),
+        "another service account",
+    );
+    for host in ["service-test:8000", "SERVICE-TEST", "service-test."] {
+        assert_eq!(
+            f.request(Some("client"), p, host, &[]).status,
+            200,
+            "host {host}"
+        );
+    }
+    assert_denied(
+        &f.request(Some("client"), p, "other-host", &[]),
+        "unlisted host",
+    );
+    assert_denied(
+        &f.request(Some("client"), f.ports.unlisted, "service-test", &[]),
+        "unlisted port",
+    );
+    assert_denied(
+        &f.request(None, f.ports.plaintext, "service-test", &[]),
+        "plaintext has no principal",
+    );
+
+    let two = f.request(Some("two-uris"), p, "service-test", &[]);
+    assert_denied(&two, "certificate with two URI SANs");
+    assert!(
+        f.envoy.log_text().contains("an X.509-SVID has exactly one"),
+        "the log says why"
+    );
+}
+
+#[test]
+fn xfcc_is_byte_identical_to_envoy_sanitize_set_and_spoofing_is_dropped() {
+    let f = Fixture::start();
+    let spoof = format!("By=spiffe://evil/x;URI={}", spiffe("admin"));
+    let ours = f.request(
+        Some("client"),
+        f.ports.enforce,
+        "service-test",
+        &["-H", &format!("x-forwarded-client-cert: {spoof}")],
+    );
+    let envoys = f.request(Some("client"), f.ports.reference, "service-test", &[]);
+    assert_eq!(ours.status, 200, "{ours:?}");
+    assert_eq!(envoys.status, 200, "{envoys:?}");
+    let ours = ours.echoed_headers("x-forwarded-client-cert");
+    let envoys = envoys.echoed_headers("x-forwarded-client-cert");
+    assert_eq!(
+        ours.len(),
+        1,
+        "exactly one XFCC reaches the upstream: {ours:?}"
+    );
+    assert_eq!(ours, envoys, "filter XFCC vs Envoy SANITIZE_SET");
+    assert!(!ours[0].contains("evil"));
+}
+
+#[test]
+fn shadow_mode_counts_but_never_denies_and_stats_are_visible() {
+    let f = Fixture::start();
+    let post = f.request(
+        Some("client"),
+        f.ports.shadow,
+        "service-test",
+        &["-X", "POST", "-d", ""],
+    );
+    assert_eq!(
+        post.status, 200,
+        "shadow mode lets a denied request through: {post:?}"
+    );
+    assert!(post.echoed_header("x-forwarded-client-cert").is_some());
+    assert_eq!(
+        f.request(Some("client"), f.ports.shadow, "service-test", &[])
+            .status,
+        200
+    );
+    assert_eq!(
+        f.envoy.counter("wasmcustom.meshauthz.shadow_denied"),
+        Some(1),
+        "{:?}",
+        f.envoy.admin_get("/stats?filter=meshauthz")
+    );
+    assert_denied(
+        &f.request(Some("other"), f.ports.enforce, "service-test", &[]),
+        "enforce",
+    );
+    assert_eq!(
+        f.request(Some("client"), f.ports.enforce, "service-test", &[])
+            .status,
+        200
+    );
+    assert_eq!(f.envoy.counter("wasmcustom.meshauthz.denied"), Some(1));
+    // allowed: the shadow listener's two requests and the enforce listener's one.
+    assert_eq!(f.envoy.counter("wasmcustom.meshauthz.allowed"), Some(3));
+    assert_eq!(
+        f.envoy
+            .counter("wasmcustom.meshauthz.policy.authz-policy.allowed"),
+        Some(1)
+    );
+    assert_eq!(
+        f.envoy
+            .counter("wasmcustom.meshauthz.policy.authz-shadow.allowed"),
+        Some(1)
+    );
+}
+
+fn refuses(plugin_config: &str, expect_in_log: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let l = Listener {
+        name: "bad".into(),
+        port: free_port(Ipv4Addr::LOCALHOST),
+        tls: None,
+        plugin_config: Some(plugin_config.into()),
+        forward_client_cert: "SANITIZE",
+    };
+    let admin = free_port(Ipv4Addr::LOCALHOST);
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, bootstrap(admin, &[l], &filter_wasm(), 9)).expect("write");
+    let (code, log) = Envoy::wait_exit(
+        &path,
+        &dir.path().join("envoy.log"),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("Envoy accepted an invalid configuration: {e}"));
+    assert_ne!(code, 0, "{log}");
+    assert!(
+        log.contains(expect_in_log),
+        "log lacks {expect_in_log:?}:\n{log}"
+    );
+}
+
+#[test]
+fn invalid_plugin_configuration_is_refused() {
+    refuses(
+        "{\"table\": \"dGhpcyBpcyBub3QgYSBtZXNoYXV0aHogdGFibGU=\"}",
+        "meshauthz: rejecting configuration: plugin configuration `table`: invalid table: not a meshauthz table",
+    );
+    refuses(
+        "{\"tabel\": \"\"}",
+        "meshauthz: rejecting configuration: plugin configuration is not valid JSON",
+    );
+    refuses(
+        "",
+        "meshauthz: rejecting configuration: no plugin configuration",
+    );
+}
