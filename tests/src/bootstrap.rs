@@ -143,3 +143,39 @@ pub fn cluster_yaml(upstream_port: u16) -> String {
 "#
     )
 }
+
+/// A bootstrap whose listeners come from `lds_path` (file-based LDS, watched for renames), so a
+/// test can swap a listener's filter configuration while Envoy runs.
+pub fn bootstrap_with_file_lds(admin_port: u16, lds_path: &Path, upstream_port: u16) -> String {
+    let dir = lds_path.parent().unwrap_or(Path::new("."));
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+node: {{id: meshauthz-test, cluster: meshauthz-test}}
+dynamic_resources:
+  lds_config:
+    resource_api_version: V3
+    path_config_source:
+      path: {lds}
+      watched_directory: {{path: {dir}}}
+static_resources:{clusters}"#,
+        lds = lds_path.display(),
+        dir = dir.display(),
+        clusters = cluster_yaml(upstream_port),
+    )
+}
+
+/// The LDS file content for `listeners`.
+pub fn lds_yaml(listeners: &[Listener], wasm: &Path) -> String {
+    let mut y = String::from("resources:");
+    for l in listeners {
+        let body = l.yaml(wasm, "upstream");
+        y.push_str(&body.replacen(
+            "\n  - name:",
+            "\n  - \"@type\": type.googleapis.com/envoy.config.listener.v3.Listener\n    name:",
+            1,
+        ));
+    }
+    y.push('\n');
+    y
+}

@@ -347,3 +347,115 @@ fn invalid_plugin_configuration_is_refused() {
         "meshauthz: rejecting configuration: no plugin configuration",
     );
 }
+
+/// A new table arrives through a listener update (file-based LDS) while a client keeps sending
+/// requests: every request gets a clean 200 or 403, and the new policy takes over without a
+/// restart.
+#[test]
+fn policy_update_applies_while_requests_flow() {
+    use meshauthz_tests::bootstrap::{bootstrap_with_file_lds, lds_yaml};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = MeshCa::generate("TestCorpLLC").expect("CA");
+    let server = dir.path().join("server");
+    ca.issue(&LeafSpec::svid(&spiffe("demo-server")))
+        .expect("issue")
+        .write_to(&server)
+        .expect("write");
+    let client = dir.path().join("client");
+    ca.issue(&LeafSpec::svid(&spiffe("demo-client")))
+        .expect("issue")
+        .write_to(&client)
+        .expect("write");
+    let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo");
+    let port = free_port(Ipv4Addr::LOCALHOST);
+    let listener_with = |method: &str| {
+        let yaml = policy_yaml("authz-policy", &[port])
+            .replace("methods: [GET]", &format!("methods: [{method}]"));
+        Listener {
+            name: "inbound".into(),
+            port,
+            tls: Some(server.clone()),
+            plugin_config: Some(config_for(&yaml, Mode::Enforce, Xfcc::SanitizeSet)),
+            forward_client_cert: "SANITIZE",
+        }
+    };
+    let lds = dir.path().join("lds").join("lds.yaml");
+    std::fs::create_dir_all(lds.parent().expect("parent")).expect("mkdir");
+    let publish = |l: Listener| {
+        let tmp = lds.with_extension("tmp");
+        std::fs::write(&tmp, lds_yaml(&[l], &filter_wasm())).expect("write lds");
+        std::fs::rename(&tmp, &lds).expect("rename lds");
+    };
+    publish(listener_with("GET"));
+    let admin = free_port(Ipv4Addr::LOCALHOST);
+    let boot = dir.path().join("envoy.yaml");
+    std::fs::write(
+        &boot,
+        bootstrap_with_file_lds(admin, &lds, echo.addr().port()),
+    )
+    .expect("write");
+    let envoy = Envoy::start(
+        &boot,
+        (Ipv4Addr::LOCALHOST, admin).into(),
+        &dir.path().join("envoy.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let args = |method: &str| {
+        let mut a = client_cert_args(&client);
+        a.extend(["-k", "-X", method, "-H", "Host: service-test"].map(String::from));
+        a.push(format!("https://127.0.0.1:{port}/get"));
+        a
+    };
+    // Wait (bounded) for the LDS listener to serve.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&args("GET")).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "listener never served:\n{}",
+            envoy.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let (get_args, post_args) = (args("GET"), args("POST"));
+    let load = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for i in 0..2000 {
+            if flag.load(Ordering::SeqCst) {
+                break;
+            }
+            let r = curl(if i % 2 == 0 { &get_args } else { &post_args });
+            seen.push((r.status, r.exit));
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    publish(listener_with("POST"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&args("GET")).status != 403 {
+        assert!(
+            Instant::now() < deadline,
+            "the new policy never took effect:\n{}",
+            envoy.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let seen = load.join().expect("load thread");
+    assert!(seen.len() >= 4, "the load ran: {seen:?}");
+    let bad: Vec<_> = seen
+        .iter()
+        .filter(|(status, _)| *status != 200 && *status != 403)
+        .collect();
+    assert!(bad.is_empty(), "requests failed during the update: {bad:?}");
+    assert_eq!(curl(&args("POST")).status, 200, "new policy allows POST");
+    assert_eq!(curl(&args("GET")).status, 403, "new policy denies GET");
+}

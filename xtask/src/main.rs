@@ -179,11 +179,55 @@ fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     let envoy = envoy_binary().ok_or("no Envoy after setup")?;
-    run(cargo()
-        .args(["test", "--workspace"])
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"])
         .args(args)
         .env("MESHAUTHZ_ENVOY", envoy)
-        .env("MESHAUTHZ_FILTER_WASM", wasm))
+        .env("MESHAUTHZ_FILTER_WASM", wasm);
+    run_tests(&mut cmd)
+}
+
+/// Runs cargo test, passing its output through, and ends with one total over every test
+/// binary (`tests: N passed, N failed, N skipped`), since cargo's own last line is often the
+/// doc-test run of a crate without doc tests.
+fn run_tests(cmd: &mut Command) -> Result {
+    use std::io::{BufRead, BufReader};
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut words = part.split_whitespace().rev();
+                    let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                        continue;
+                    };
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match kind {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if status.success() && failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("cargo test failed: {status}"))
+    }
 }
 
 fn demo(_args: &[String]) -> Result {
