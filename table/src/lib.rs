@@ -13,16 +13,16 @@
 
 #![forbid(unsafe_code)]
 
+mod eval;
 mod hash;
 mod request;
 pub mod spec;
 pub mod spiffe;
-mod table;
 pub mod wire;
 
+pub use eval::{BuildError, Table, normalize_host};
 pub use request::{Decision, Request, RuleRef};
 pub use spec::{Action, Destination, HeaderMatch, IpNet, Pattern, Policy, PolicySet, Rule, Source};
-pub use table::{BuildError, Table, normalize_host};
 pub use wire::{DecodeError, FORMAT_VERSION};
 
 /// Why table bytes could not be loaded.

@@ -1,184 +1,19 @@
-//! The table against a reference evaluator written straight from SEMANTICS.md: a linear scan
-//! with no indexes, no shared code with the evaluator beyond the plain-data types. Property
-//! tests generate policy sets and requests dense in collisions (few principals, hosts, ports,
-//! CIDR edges, IPv6, wildcards, empty lists, DENY+ALLOW mixes) and demand equal decisions,
-//! down to the rule that decided.
+//! The table against the reference evaluator (`support/reference.rs`). Property tests
+//! generate policy sets and requests dense in collisions (few principals, hosts, ports, CIDR
+//! edges, IPv6, wildcards, empty lists, DENY+ALLOW mixes) and demand equal decisions, down to
+//! the rule that decided.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+
+#[path = "support/reference.rs"]
+mod reference;
 
 use std::net::IpAddr;
 
 use meshauthz_table::wire::{self, decode, encode};
 use meshauthz_table::*;
 use proptest::prelude::*;
-
-/// A request with headers by name, as the reference sees it.
-#[derive(Clone, Debug)]
-struct Req {
-    principal: Option<String>,
-    source_ip: Option<IpAddr>,
-    authority: String,
-    port: u16,
-    method: String,
-    headers: Vec<(String, String)>,
-}
-
-fn pattern_matches(p: &Pattern, value: &str) -> bool {
-    // Written from the pattern text, not from Pattern::matches.
-    let text = p.to_source_text();
-    if text == "*" {
-        true
-    } else if let Some(prefix) = text.strip_suffix('*') {
-        value.starts_with(prefix)
-    } else if let Some(suffix) = text.strip_prefix('*') {
-        value.ends_with(suffix)
-    } else {
-        value == text
-    }
-}
-
-fn reference_host(authority: &str) -> String {
-    let mut h = authority.to_lowercase();
-    if h.starts_with('[') {
-        if let Some(end) = h.find("]:") {
-            if h[end + 2..].chars().all(|c| c.is_ascii_digit()) && end + 2 < h.len() {
-                h.truncate(end + 1);
-            }
-        }
-    } else if h.matches(':').count() == 1 {
-        let i = h.find(':').unwrap();
-        if i + 1 < h.len() && h[i + 1..].chars().all(|c| c.is_ascii_digit()) {
-            h.truncate(i);
-        }
-    }
-    if h.ends_with('.') {
-        h.pop();
-    }
-    h
-}
-
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
-fn in_net(net: &IpNet, ip: IpAddr) -> bool {
-    match (net.addr(), unmap(ip)) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let bits = net.prefix_len() as u32;
-            bits == 0 || (u32::from(n) >> (32 - bits)) == (u32::from(a) >> (32 - bits))
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let bits = net.prefix_len() as u32;
-            bits == 0 || (u128::from(n) >> (128 - bits)) == (u128::from(a) >> (128 - bits))
-        }
-        _ => false,
-    }
-}
-
-fn source_matches(s: &Source, r: &Req) -> bool {
-    let principal_ok = s.principals.is_empty()
-        || r.principal
-            .as_deref()
-            .is_some_and(|p| s.principals.iter().any(|pat| pattern_matches(pat, p)));
-    let ip_ok = s.ip_blocks.is_empty()
-        || r.source_ip
-            .is_some_and(|ip| s.ip_blocks.iter().any(|n| in_net(n, ip)));
-    principal_ok && ip_ok
-}
-
-fn header_value(r: &Req, name: &str) -> Option<String> {
-    match name {
-        ":authority" | "host" => Some(r.authority.clone()),
-        ":method" => Some(r.method.clone()),
-        _ => {
-            let values: Vec<&str> = r
-                .headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-                .collect();
-            (!values.is_empty()).then(|| values.join(","))
-        }
-    }
-}
-
-fn dest_matches(d: &Destination, r: &Req) -> bool {
-    let host = reference_host(&r.authority);
-    let host_ok = d.hosts.iter().any(|p| {
-        let lowered = match p {
-            Pattern::Any => Pattern::Any,
-            Pattern::Exact(s) => Pattern::Exact(s.to_lowercase()),
-            Pattern::Prefix(s) => Pattern::Prefix(s.to_lowercase()),
-            Pattern::Suffix(s) => Pattern::Suffix(s.to_lowercase()),
-        };
-        pattern_matches(&lowered, &host)
-    });
-    let header_ok = match &d.header {
-        None => true,
-        Some(h) => header_value(r, &h.name).is_some_and(|v| {
-            regex::Regex::new(&format!("^(?:{})$", h.regex))
-                .unwrap()
-                .is_match(&v)
-        }),
-    };
-    host_ok
-        && d.ports.contains(&r.port)
-        && (d.methods.is_empty() || d.methods.contains(&r.method))
-        && header_ok
-}
-
-fn rule_matches(rule: &Rule, r: &Req) -> bool {
-    (rule.sources.is_empty() || rule.sources.iter().any(|s| source_matches(s, r)))
-        && (rule.destinations.is_empty() || rule.destinations.iter().any(|d| dest_matches(d, r)))
-}
-
-/// (allowed, Some((policy, rule))) where rule None = policy without rules.
-fn reference(set: &PolicySet, r: &Req) -> (bool, Option<(u32, Option<u32>)>) {
-    let first_match = |action: Action| {
-        set.policies
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.action == action)
-            .find_map(|(pi, p)| {
-                if p.rules.is_empty() {
-                    return Some((pi as u32, None));
-                }
-                p.rules
-                    .iter()
-                    .position(|rule| rule_matches(rule, r))
-                    .map(|ri| (pi as u32, Some(ri as u32)))
-            })
-    };
-    if let Some(by) = first_match(Action::Deny) {
-        return (false, Some(by));
-    }
-    if set.policies.iter().any(|p| p.action == Action::Allow) {
-        let by = first_match(Action::Allow);
-        return (by.is_some(), by);
-    }
-    (true, None)
-}
-
-fn table_decision(table: &Table, r: &Req) -> (bool, Option<(u32, Option<u32>)>) {
-    let values: Vec<Option<String>> = table
-        .header_names()
-        .iter()
-        .map(|n| header_value(r, n))
-        .collect();
-    let slots: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
-    let d = table.evaluate(&Request {
-        principal: r.principal.as_deref(),
-        source_ip: r.source_ip,
-        authority: &r.authority,
-        port: r.port,
-        method: &r.method,
-        headers: &slots,
-    });
-    (d.allowed, d.by.map(|b| (b.policy, b.rule)))
-}
+use reference::{Req, reference, reference_host, table_decision, unmap};
 
 // ---- generators: small alphabets so that patterns and requests collide often ----
 
@@ -506,4 +341,71 @@ fn host_normalization() {
         normalize_host(&long, &mut buf).as_ref(),
         "a".repeat(300).as_bytes()
     );
+}
+
+/// A rule with more pattern combinations than the pair index takes (checked by source key
+/// alone), and a principal matching more prefix patterns than the key buffer holds (the
+/// evaluator falls back to a scan): both must still decide like the reference.
+#[test]
+fn wide_rules_and_key_overflow_agree_with_reference() {
+    let principal = "spiffe://td.example/ns/a/sa/client-with-a-rather-long-name-for-prefixes";
+    let wide = Rule {
+        sources: vec![Source {
+            principals: (0..20)
+                .map(|i| Pattern::Exact(format!("spiffe://td.example/ns/a/sa/p{i}")))
+                .chain([Pattern::Exact(principal.into())])
+                .collect(),
+            ip_blocks: vec![],
+        }],
+        destinations: vec![Destination {
+            hosts: (0..20)
+                .map(|i| Pattern::Exact(format!("h{i}")))
+                .chain([Pattern::Exact("service-test".into())])
+                .collect(),
+            ports: vec![8000],
+            methods: vec!["GET".into()],
+            header: None,
+        }],
+    };
+    let prefixes = Rule {
+        sources: vec![Source {
+            principals: (3..principal.len())
+                .map(|n| Pattern::Prefix(principal[..n].to_owned()))
+                .collect(),
+            ip_blocks: vec![],
+        }],
+        destinations: vec![Destination {
+            hosts: vec![Pattern::Any],
+            ports: vec![9000],
+            methods: vec![],
+            header: None,
+        }],
+    };
+    let set = PolicySet {
+        policies: vec![
+            Policy {
+                name: "wide".into(),
+                action: Action::Allow,
+                rules: vec![wide],
+            },
+            Policy {
+                name: "prefixes".into(),
+                action: Action::Allow,
+                rules: vec![prefixes],
+            },
+        ],
+    };
+    let table = Table::from_bytes(&encode(&set)).unwrap();
+    for (p, host, port, method) in [
+        (principal, "service-test", 8000, "GET"),
+        (principal, "h3", 8000, "GET"),
+        (principal, "h3", 8000, "POST"),
+        ("spiffe://td.example/ns/a/sa/p7", "h19", 8000, "GET"),
+        ("spiffe://td.example/ns/a/sa/p7", "nope", 8000, "GET"),
+        (principal, "anything", 9000, "PUT"),
+        ("spiffe://td.example/ns/b", "anything", 9000, "PUT"),
+    ] {
+        let r = req(Some(p), host, port, method);
+        assert_eq!(table_decision(&table, &r), reference(&set, &r), "{r:?}");
+    }
 }

@@ -179,25 +179,60 @@ fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
     let envoy = envoy_binary().ok_or("no Envoy after setup")?;
-    let mut cmd = cargo();
-    cmd.args(["test", "--workspace"])
+    let mut native = cargo();
+    native
+        .args(["test", "--workspace"])
         .args(args)
         .env("MESHAUTHZ_ENVOY", envoy)
         .env("MESHAUTHZ_FILTER_WASM", wasm);
-    run_tests(&mut cmd)
+    let mut totals = run_tests(&mut native)?;
+    // The evaluator again on the 32-bit target it ships on, under Node's WASI.
+    let runner = format!(
+        "node --no-warnings {}",
+        root().join("tools/wasi-run.mjs").display()
+    );
+    let mut wasm32 = cargo();
+    wasm32
+        .args(["test", "--target", WASM_TARGET, "-p", "meshauthz-table"])
+        .env("CARGO_TARGET_WASM32_WASIP1_RUNNER", runner);
+    totals.add(run_tests(&mut wasm32)?);
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{} tests failed", totals.failed))
+    }
 }
 
-/// Runs cargo test, passing its output through, and ends with one total over every test
-/// binary (`tests: N passed, N failed, N skipped`), since cargo's own last line is often the
-/// doc-test run of a crate without doc tests.
-fn run_tests(cmd: &mut Command) -> Result {
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: Totals) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+}
+
+/// Runs cargo test, passing its output through, and counts over every test binary, so that
+/// `test` can end with one total (`tests: N passed, N failed, N skipped`): cargo's own last
+/// line is often the doc-test run of a crate without doc tests.
+fn run_tests(cmd: &mut Command) -> Result<Totals> {
     use std::io::{BufRead, BufReader};
     eprintln!("xtask: running {cmd:?}");
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("{cmd:?}: {e}"))?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut t = Totals::default();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout)
             .lines()
@@ -212,9 +247,9 @@ fn run_tests(cmd: &mut Command) -> Result {
                     };
                     let n: u64 = n.parse().unwrap_or(0);
                     match kind {
-                        "passed" => passed += n,
-                        "failed" => failed += n,
-                        "ignored" => ignored += n,
+                        "passed" => t.passed += n,
+                        "failed" => t.failed += n,
+                        "ignored" => t.ignored += n,
                         _ => {}
                     }
                 }
@@ -222,11 +257,16 @@ fn run_tests(cmd: &mut Command) -> Result {
         }
     }
     let status = child.wait().map_err(|e| e.to_string())?;
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
-    if status.success() && failed == 0 {
-        Ok(())
+    if status.success() && t.failed == 0 {
+        Ok(t)
     } else {
-        Err(format!("cargo test failed: {status}"))
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            t.passed,
+            t.failed.max(1),
+            t.ignored
+        );
+        Err(format!("{cmd:?} failed: {status}"))
     }
 }
 

@@ -1,0 +1,103 @@
+//! Decision time against policy size, for the indexed table and the reference linear scan in
+//! the same run; compile time; table size. `cargo xtask bench` runs this and writes the
+//! figures into BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use meshauthz_benches::{compile, reference, requests, workload};
+use meshauthz_table::{Request, Table, wire};
+
+const SIZES: &[usize] = &[10, 100, 1_000, 10_000, 100_000];
+
+fn decisions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decision");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for &n in SIZES {
+        let w = workload(n, 42);
+        let bytes = compile(&w);
+        let table = Table::from_bytes(&bytes).expect("loads");
+        let set = wire::decode(&bytes).expect("decodes");
+        let reqs = requests(&w, 256, 9);
+        // Headers resolved up front, as the filter does before it calls evaluate.
+        let slots: Vec<Vec<Option<String>>> = reqs
+            .iter()
+            .map(|r| {
+                table
+                    .header_names()
+                    .iter()
+                    .map(|h| {
+                        r.headers
+                            .iter()
+                            .find(|(k, _)| k == h)
+                            .map(|(_, v)| v.clone())
+                    })
+                    .collect()
+            })
+            .collect();
+        let slot_refs: Vec<Vec<Option<&str>>> = slots
+            .iter()
+            .map(|s| s.iter().map(|v| v.as_deref()).collect())
+            .collect();
+        let requests: Vec<Request<'_>> = reqs
+            .iter()
+            .zip(&slot_refs)
+            .map(|(r, h)| Request {
+                principal: r.principal.as_deref(),
+                source_ip: r.source_ip,
+                authority: &r.authority,
+                port: r.port,
+                method: &r.method,
+                headers: h,
+            })
+            .collect();
+        group.throughput(Throughput::Elements(1));
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::new("table", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % requests.len();
+                black_box(table.evaluate(black_box(&requests[i])))
+            })
+        });
+        if n <= 10_000 {
+            let mut i = 0;
+            group.bench_with_input(BenchmarkId::new("linear_scan", n), &n, |b, _| {
+                b.iter(|| {
+                    i = (i + 1) % reqs.len();
+                    black_box(reference::reference(&set, black_box(&reqs[i])))
+                })
+            });
+        }
+        println!(
+            "table_bytes/{n}: {} (yaml {} bytes)",
+            bytes.len(),
+            w.yaml.len()
+        );
+    }
+    group.finish();
+}
+
+fn compiles(c: &mut Criterion) {
+    let mut group = c.benchmark_group("compile");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_secs(3));
+    for &n in SIZES {
+        let w = workload(n, 42);
+        group.bench_with_input(BenchmarkId::new("yaml_to_table", n), &n, |b, _| {
+            b.iter(|| black_box(compile(&w)))
+        });
+        let bytes = compile(&w);
+        group.bench_with_input(BenchmarkId::new("load_table", n), &n, |b, _| {
+            b.iter(|| black_box(Table::from_bytes(black_box(&bytes)).expect("loads")))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions, compiles);
+criterion_main!(benches);

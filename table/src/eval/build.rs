@@ -1,0 +1,233 @@
+//! Building the index from a policy set (once per configuration; not on the request path).
+
+use regex::Regex;
+
+use super::clause::{Cidr, DestClause, HeaderSlot, Lit, SourceClause};
+use super::keys::{ALWAYS, CidrKeysBuilder, PatternKeys};
+use super::{ALL_DESTS, BuildError, PolicyInfo, RuleInfo, Table};
+use crate::hash::FastMap;
+use crate::spec::{Action, Destination, PolicySet, Source};
+
+/// Above this many (source key, destination key) combinations a rule is indexed by its source
+/// keys alone, so one rule listing many principals and many hosts cannot blow the index up.
+const MAX_PAIRS_PER_RULE: usize = 256;
+
+pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
+    let mut b = Builder {
+        next_src_key: ALWAYS + 1,
+        next_dst_key: ALWAYS + 1,
+        ..Builder::default()
+    };
+    let deny_first = set
+        .policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.action == Action::Deny)
+        .chain(
+            set.policies
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.action == Action::Allow),
+        );
+    let mut first_allow = None;
+    for (pi, policy) in deny_first {
+        if policy.action == Action::Allow && first_allow.is_none() {
+            first_allow = Some(b.rules.len() as u32);
+        }
+        if policy.rules.is_empty() {
+            b.rule(pi as u32, None, &[], &[], &policy.name)?;
+        }
+        for (ri, rule) in policy.rules.iter().enumerate() {
+            b.rule(
+                pi as u32,
+                Some(ri as u32),
+                &rule.sources,
+                &rule.destinations,
+                &policy.name,
+            )?;
+        }
+    }
+    b.principal_keys.finish();
+    b.host_keys.finish();
+    let mut pairs = Vec::with_capacity(b.pair_lists.values().map(Vec::len).sum());
+    let pair_index = b
+        .pair_lists
+        .into_iter()
+        .map(|(key, mut list)| {
+            // Pushed in rule order already; a clause listing one literal twice adds a repeat.
+            list.dedup();
+            let start = pairs.len() as u32;
+            pairs.extend(list);
+            (key, (start, pairs.len() as u32))
+        })
+        .collect();
+    let rule_count = b.rules.len() as u32;
+    Ok(Table {
+        policies: set
+            .policies
+            .iter()
+            .map(|p| PolicyInfo {
+                name: p.name.clone(),
+                action: p.action,
+            })
+            .collect(),
+        first_allow: first_allow.unwrap_or(rule_count),
+        has_allow: first_allow.is_some(),
+        uses_source_ip: b.sources.iter().any(|c| !c.ip_blocks.is_empty()),
+        rules: b.rules,
+        sources: b.sources,
+        dests: b.dests,
+        principal_keys: b.principal_keys,
+        cidr_keys: b.cidr_keys.build(),
+        host_keys: b.host_keys,
+        pair_index,
+        pairs,
+        regexes: b.regexes,
+        header_names: b.header_names,
+    })
+}
+
+#[derive(Default)]
+struct Builder {
+    rules: Vec<RuleInfo>,
+    sources: Vec<SourceClause>,
+    dests: Vec<DestClause>,
+    principal_keys: PatternKeys,
+    cidr_keys: CidrKeysBuilder,
+    host_keys: PatternKeys,
+    next_src_key: u32,
+    next_dst_key: u32,
+    pair_lists: FastMap<u64, Vec<(u32, u32)>>,
+    regexes: Vec<Regex>,
+    regex_ids: FastMap<Box<[u8]>, u32>,
+    header_names: Vec<String>,
+}
+
+impl Builder {
+    fn rule(
+        &mut self,
+        policy: u32,
+        index: Option<u32>,
+        sources: &[Source],
+        dests: &[Destination],
+        name: &str,
+    ) -> Result<(), BuildError> {
+        let rule = self.rules.len() as u32;
+        // (clause id, key) for every way each side can match.
+        let mut src_keys: Vec<(u32, u32)> = Vec::new();
+        let src_start = self.sources.len() as u32;
+        if sources.is_empty() {
+            src_keys.push((src_start, ALWAYS));
+            self.sources.push(SourceClause {
+                rule,
+                principals: Vec::new(),
+                ip_blocks: Vec::new(),
+            });
+        }
+        for s in sources {
+            let id = self.sources.len() as u32;
+            let clause = SourceClause {
+                rule,
+                principals: s.principals.iter().map(|p| Lit::new(p, false)).collect(),
+                ip_blocks: s.ip_blocks.iter().map(Cidr::new).collect(),
+            };
+            // Principals are the selective part when present; IP blocks are then checked on
+            // the clause itself.
+            if clause.principals.is_empty() {
+                for &c in &clause.ip_blocks {
+                    src_keys.push((id, self.cidr_keys.intern(c, &mut self.next_src_key)));
+                }
+            }
+            for l in &clause.principals {
+                src_keys.push((id, self.principal_keys.intern(l, &mut self.next_src_key)));
+            }
+            self.sources.push(clause);
+        }
+        let mut dst_keys: Vec<(u32, u32)> = Vec::new();
+        let dst_start = self.dests.len() as u32;
+        if dests.is_empty() {
+            dst_keys.push((dst_start, ALWAYS));
+            self.dests.push(DestClause {
+                hosts: Vec::new(),
+                ports: Vec::new(),
+                methods: Vec::new(),
+                header: None,
+            });
+        }
+        for d in dests {
+            let id = self.dests.len() as u32;
+            let header = match &d.header {
+                None => None,
+                Some(h) => Some((self.header_slot(&h.name), self.regex(&h.regex, name)?)),
+            };
+            let clause = DestClause {
+                hosts: d.hosts.iter().map(|p| Lit::new(p, true)).collect(),
+                ports: d.ports.clone(),
+                methods: d.methods.iter().map(|m| m.as_bytes().into()).collect(),
+                header,
+            };
+            for l in &clause.hosts {
+                dst_keys.push((id, self.host_keys.intern(l, &mut self.next_dst_key)));
+            }
+            self.dests.push(clause);
+        }
+        let key = |s: u32, d: u32| u64::from(s) << 32 | u64::from(d);
+        if src_keys.len().saturating_mul(dst_keys.len()) <= MAX_PAIRS_PER_RULE {
+            for &(sc, sk) in &src_keys {
+                for &(dc, dk) in &dst_keys {
+                    self.pair_lists
+                        .entry(key(sk, dk))
+                        .or_default()
+                        .push((sc, dc));
+                }
+            }
+        } else {
+            for &(sc, sk) in &src_keys {
+                self.pair_lists
+                    .entry(key(sk, ALWAYS))
+                    .or_default()
+                    .push((sc, ALL_DESTS));
+            }
+        }
+        self.rules.push(RuleInfo {
+            policy,
+            index,
+            sources: (src_start, self.sources.len() as u32),
+            dests: (dst_start, self.dests.len() as u32),
+        });
+        Ok(())
+    }
+
+    fn header_slot(&mut self, name: &str) -> HeaderSlot {
+        let name = name.to_ascii_lowercase();
+        match name.as_str() {
+            // HTTP/1 `Host` is HTTP/2 `:authority`; Envoy keeps only the latter.
+            ":authority" | "host" => HeaderSlot::Authority,
+            ":method" => HeaderSlot::Method,
+            _ => match self.header_names.iter().position(|n| *n == name) {
+                Some(i) => HeaderSlot::Named(i as u32),
+                None => {
+                    self.header_names.push(name);
+                    HeaderSlot::Named(self.header_names.len() as u32 - 1)
+                }
+            },
+        }
+    }
+
+    fn regex(&mut self, source: &str, policy: &str) -> Result<u32, BuildError> {
+        if let Some(&id) = self.regex_ids.get(source.as_bytes()) {
+            return Ok(id);
+        }
+        let re = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| BuildError {
+                policy: policy.to_owned(),
+                message: format!("header regex: {e}"),
+            })?;
+        let id = self.regexes.len() as u32;
+        self.regexes.push(re);
+        self.regex_ids.insert(source.as_bytes().into(), id);
+        Ok(id)
+    }
+}

@@ -1,0 +1,237 @@
+//! The evaluator: a policy set turned into an index that finds the few rules a request can
+//! match without scanning the rest.
+//!
+//! Each rule is two sides, sources and destinations, each a list of clauses (OR); a rule matches
+//! when both sides do. A rule with an empty side gets one clause that matches everything, so
+//! every rule has at least one clause per side.
+//!
+//! The index is a cross-product of the two most selective fields, the classic packet
+//! classification trick restricted to where it pays: every principal pattern (or CIDR, for
+//! sources without principals) and every host pattern gets a key number ([`keys`]), and a hash
+//! map from (source key, destination key) lists the (source clause, destination clause) pairs
+//! that carry both. A request finds its matching keys on each side (a few hash probes), probes
+//! the map once per key pair, and checks only the clause pairs found there (ports, methods,
+//! headers, IP blocks). The cost depends on how many patterns a request matches, not on how many
+//! rules exist.
+//!
+//! Rules are numbered DENY policies first, then ALLOW, each in the author's order, and every
+//! pair list is sorted by rule, so the lowest matching rule number is the decision and a list is
+//! abandoned at the first rule above the best match so far. Nothing is allocated per decision
+//! (a host over 255 bytes that needs lowercasing excepted).
+
+mod build;
+mod clause;
+mod host;
+mod keys;
+
+use std::net::IpAddr;
+
+use regex::Regex;
+
+use crate::hash::FastMap;
+use crate::request::{Decision, Request, RuleRef};
+use crate::spec::{Action, PolicySet, canonical_ip};
+use clause::{Ctx, DestClause, SourceClause};
+pub use host::normalize_host;
+use keys::{CidrKeys, KeyBuf, PatternKeys};
+
+/// A table that is ready to evaluate requests.
+#[derive(Debug)]
+pub struct Table {
+    policies: Vec<PolicyInfo>,
+    rules: Vec<RuleInfo>,
+    /// Rules `first_allow..` belong to ALLOW policies.
+    first_allow: u32,
+    has_allow: bool,
+    sources: Vec<SourceClause>,
+    dests: Vec<DestClause>,
+    principal_keys: PatternKeys,
+    cidr_keys: CidrKeys,
+    host_keys: PatternKeys,
+    /// (source key << 32 | destination key) -> range of `pairs`.
+    pair_index: FastMap<u64, (u32, u32)>,
+    /// (source clause, destination clause or [`ALL_DESTS`]), sorted by rule within a range.
+    pairs: Vec<(u32, u32)>,
+    regexes: Vec<Regex>,
+    header_names: Vec<String>,
+    uses_source_ip: bool,
+}
+
+/// In a pair: the rule had too many pattern combinations to index both sides, so its
+/// destination clauses are all checked directly.
+const ALL_DESTS: u32 = u32::MAX;
+
+/// A header regex that the `regex` engine would not compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildError {
+    pub policy: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "policy {}: {}", self.policy, self.message)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+#[derive(Debug)]
+struct PolicyInfo {
+    name: String,
+    action: Action,
+}
+
+#[derive(Debug)]
+struct RuleInfo {
+    policy: u32,
+    /// `None` for the match-all rule of a policy without rules.
+    index: Option<u32>,
+    sources: (u32, u32),
+    dests: (u32, u32),
+}
+
+impl Table {
+    /// Decodes and validates table bytes, then builds the index.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Table, crate::TableError> {
+        let set = crate::wire::decode(bytes).map_err(crate::TableError::Decode)?;
+        Table::new(&set).map_err(crate::TableError::Build)
+    }
+
+    /// Builds the index for a policy set.
+    pub fn new(set: &PolicySet) -> Result<Table, BuildError> {
+        build::build(set)
+    }
+
+    /// The non-pseudo headers (lowercase), and pseudo-headers other than `:authority` and
+    /// `:method`, that the policies look at; [`Request::headers`] is indexed the same way.
+    pub fn header_names(&self) -> &[String] {
+        &self.header_names
+    }
+
+    /// Whether any rule looks at the source address (so the filter can skip fetching it).
+    pub fn uses_source_ip(&self) -> bool {
+        self.uses_source_ip
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Rules in the table, counting a policy without rules as one match-all rule.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn policy_name(&self, policy: u32) -> &str {
+        self.policies
+            .get(policy as usize)
+            .map_or("", |p| p.name.as_str())
+    }
+
+    pub fn policy_action(&self, policy: u32) -> Option<Action> {
+        self.policies.get(policy as usize).map(|p| p.action)
+    }
+
+    /// Decides one request.
+    pub fn evaluate(&self, req: &Request<'_>) -> Decision {
+        let mut host_buf = [0u8; host::MAX_HOST_STACK];
+        let host = normalize_host(req.authority, &mut host_buf);
+        let source_ip: Option<IpAddr> = req.source_ip.map(canonical_ip);
+        let ctx = Ctx {
+            req,
+            host: &host,
+            source_ip,
+        };
+
+        let mut src = KeyBuf::new();
+        self.principal_keys
+            .matching(req.principal.map(str::as_bytes), &mut src);
+        self.cidr_keys.matching(source_ip, &mut src);
+        let mut dst = KeyBuf::new();
+        self.host_keys.matching(Some(&host), &mut dst);
+        if src.overflow || dst.overflow {
+            return self.decide(self.scan(&ctx));
+        }
+
+        let mut best = u32::MAX;
+        for &s in src.as_slice() {
+            for &d in dst.as_slice() {
+                let Some(&(start, end)) = self.pair_index.get(&(u64::from(s) << 32 | u64::from(d)))
+                else {
+                    continue;
+                };
+                for &(sc, dc) in self.pairs.get(start as usize..end as usize).unwrap_or(&[]) {
+                    let Some(source) = self.sources.get(sc as usize) else {
+                        continue;
+                    };
+                    if source.rule >= best {
+                        break;
+                    }
+                    let dest_ok = if dc == ALL_DESTS {
+                        self.rule_dests_match(source.rule, &ctx)
+                    } else {
+                        self.dests
+                            .get(dc as usize)
+                            .is_some_and(|c| c.matches(&ctx, &self.regexes))
+                    };
+                    if dest_ok && source.matches(&ctx) {
+                        best = source.rule;
+                        break;
+                    }
+                }
+            }
+        }
+        self.decide(best)
+    }
+
+    /// Every rule in order: the answer when a request matches more patterns than the key
+    /// buffers hold.
+    fn scan(&self, ctx: &Ctx<'_>) -> u32 {
+        (0..self.rules.len() as u32)
+            .find(|&r| self.rule_sources_match(r, ctx) && self.rule_dests_match(r, ctx))
+            .unwrap_or(u32::MAX)
+    }
+
+    fn decide(&self, best: u32) -> Decision {
+        let by = self.rules.get(best as usize).map(|r| RuleRef {
+            policy: r.policy,
+            rule: r.index,
+        });
+        if best < self.first_allow {
+            Decision { allowed: false, by }
+        } else if self.has_allow {
+            Decision {
+                allowed: by.is_some(),
+                by,
+            }
+        } else {
+            Decision {
+                allowed: true,
+                by: None,
+            }
+        }
+    }
+
+    fn rule_dests_match(&self, rule: u32, ctx: &Ctx<'_>) -> bool {
+        let Some(r) = self.rules.get(rule as usize) else {
+            return false;
+        };
+        let clauses = self
+            .dests
+            .get(r.dests.0 as usize..r.dests.1 as usize)
+            .unwrap_or(&[]);
+        clauses.iter().any(|c| c.matches(ctx, &self.regexes))
+    }
+
+    fn rule_sources_match(&self, rule: u32, ctx: &Ctx<'_>) -> bool {
+        let Some(r) = self.rules.get(rule as usize) else {
+            return false;
+        };
+        let clauses = self
+            .sources
+            .get(r.sources.0 as usize..r.sources.1 as usize)
+            .unwrap_or(&[]);
+        clauses.iter().any(|c| c.matches(ctx))
+    }
+}
