@@ -29,19 +29,12 @@ fn decisions(c: &mut Criterion) {
                 table
                     .header_names()
                     .iter()
-                    .map(|h| {
-                        r.headers
-                            .iter()
-                            .find(|(k, _)| k == h)
-                            .map(|(_, v)| v.clone())
-                    })
+                    .map(|h| r.headers.iter().find(|(k, _)| k == h).map(|(_, v)| v.clone()))
                     .collect()
             })
             .collect();
-        let slot_refs: Vec<Vec<Option<&str>>> = slots
-            .iter()
-            .map(|s| s.iter().map(|v| v.as_deref()).collect())
-            .collect();
+        let slot_refs: Vec<Vec<Option<&str>>> =
+            slots.iter().map(|s| s.iter().map(|v| v.as_deref()).collect()).collect();
         let requests: Vec<Request<'_>> = reqs
             .iter()
             .zip(&slot_refs)
@@ -71,11 +64,7 @@ fn decisions(c: &mut Criterion) {
                 })
             });
         }
-        println!(
-            "table_bytes/{n}: {} (yaml {} bytes)",
-            bytes.len(),
-            w.yaml.len()
-        );
+        println!("table_bytes/{n}: {} (yaml {} bytes)", bytes.len(), w.yaml.len());
     }
     group.finish();
 }

@@ -82,10 +82,7 @@ pub fn workload(rules: usize, seed: u64) -> Workload {
             shapes.push(rule(&mut yaml, &mut rng, i, namespaces, deny));
         }
     }
-    Workload {
-        yaml,
-        rules: shapes,
-    }
+    Workload { yaml, rules: shapes }
 }
 
 fn rule(yaml: &mut String, rng: &mut Rng, i: usize, namespaces: usize, deny: bool) -> RuleShape {
@@ -99,10 +96,7 @@ fn rule(yaml: &mut String, rng: &mut Rng, i: usize, namespaces: usize, deny: boo
             (Some(principal), None)
         }
         14..=16 => {
-            let _ = writeln!(
-                yaml,
-                "  - principals: [\"spiffe://{TRUST_DOMAIN}/ns/ns{ns}/*\"]"
-            );
+            let _ = writeln!(yaml, "  - principals: [\"spiffe://{TRUST_DOMAIN}/ns/ns{ns}/*\"]");
             (Some(principal), None)
         }
         17 => {

@@ -29,8 +29,5 @@ fn workload_decisions_agree_with_reference_and_are_mixed() {
         assert_eq!(got, reference::reference(&set, r), "{r:?}");
         allowed += usize::from(got.0);
     }
-    assert!(
-        (120..=280).contains(&allowed),
-        "about half allowed: {allowed}/400"
-    );
+    assert!((120..=280).contains(&allowed), "about half allowed: {allowed}/400");
 }

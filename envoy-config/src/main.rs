@@ -1,1 +1,246 @@
-fn main() {}
+//! `envoy-config`: Envoy bootstraps from the guide's resources, the mesh CA, the doctor.
+//!
+//! Exit status: 0 success, 1 the doctor found a problem, 2 any error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use meshauthz_envoy_config::ca::{self, LeafSpec, MeshCa, WorkloadCertificateConfig};
+use meshauthz_envoy_config::doctor::{self, Expectations};
+use meshauthz_envoy_config::generate::{self, Options};
+use meshauthz_envoy_config::resources::Resources;
+use meshauthz_envoy_config::workloads::WorkloadsFile;
+use time::OffsetDateTime;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "envoy-config",
+    version,
+    about = "Envoy bootstraps, mesh CA and certificate doctor for the guide's mesh"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write one Envoy bootstrap per workload (OUT/<workload>.yaml) from the guide's resources.
+    Generate {
+        /// This project's workloads file (pods, labels, service accounts, addresses).
+        #[arg(long)]
+        workloads: PathBuf,
+        /// Credentials directories live at CERTS_DIR/<workload>/ (GKE layout).
+        #[arg(long)]
+        certs_dir: PathBuf,
+        /// The meshauthz filter the bootstraps load.
+        #[arg(long)]
+        wasm: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Resource files: mesh, routes, TLS policies, endpoint policy, gateway, backend
+        /// service, authorization policies.
+        #[arg(required = true)]
+        resources: Vec<PathBuf>,
+    },
+    /// The mesh CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Check a credentials directory (certificates.pem, private_key.pem, ca_certificates.pem).
+    Doctor {
+        dir: PathBuf,
+        #[arg(long)]
+        trust_domain: Option<String>,
+        /// A WorkloadCertificateConfig: check key algorithm and rotation window against it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create the guide's hierarchy: a root (path length 1) and an issuing CA (path length 0).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "TestCorpLLC")]
+        organization: String,
+    },
+    /// Issue workload credentials in the GKE layout.
+    Issue {
+        #[arg(long)]
+        ca: PathBuf,
+        /// WorkloadCertificateConfig (key algorithm, validity); GKE's defaults without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Issue for every workload of this file, into CERTS_DIR/<workload>/.
+        #[arg(long, requires = "certs_dir", conflicts_with_all = ["spiffe_id", "out"])]
+        workloads: Option<PathBuf>,
+        #[arg(long)]
+        certs_dir: Option<PathBuf>,
+        /// Issue one certificate with this SPIFFE ID into --out.
+        #[arg(long, requires = "out")]
+        spiffe_id: Option<String>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Re-issue the credentials that have entered their rotation window.
+    Rotate {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("envoy-config: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<WorkloadCertificateConfig, String> {
+    match path {
+        None => Ok(WorkloadCertificateConfig::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            WorkloadCertificateConfig::parse(&text).map_err(|e| format!("{}: {e}", p.display()))
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Generate {
+            workloads,
+            certs_dir,
+            wasm,
+            output,
+            resources,
+        } => {
+            let wl = WorkloadsFile::load(&workloads).map_err(|e| e.to_string())?;
+            let mut res = Resources::default();
+            for r in &resources {
+                res.add_file(r).map_err(|e| e.to_string())?;
+            }
+            let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let opts = Options {
+                certs_dir: abs(certs_dir),
+                wasm: abs(wasm),
+            };
+            // Everything is generated before anything is written.
+            let bootstraps = generate::generate(&res, &wl, &opts).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&output).map_err(|e| format!("{}: {e}", output.display()))?;
+            for b in &bootstraps {
+                let path = output.join(format!("{}.yaml", b.workload));
+                ca::write_file(&path, &b.yaml, 0o644).map_err(|e| e.to_string())?;
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca { command } => ca_command(command),
+        Command::Doctor {
+            dir,
+            trust_domain,
+            config,
+        } => {
+            let config = config.as_deref().map(|p| load_config(Some(p))).transpose()?;
+            let checks = doctor::examine(
+                &dir,
+                &Expectations {
+                    trust_domain,
+                    config,
+                    now: None,
+                },
+            );
+            for c in &checks {
+                println!("{c}");
+            }
+            Ok(if checks.iter().all(|c| c.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn ca_command(command: CaCommand) -> Result<ExitCode, String> {
+    match command {
+        CaCommand::Init { dir, organization } => {
+            let ca = MeshCa::generate(&organization).map_err(|e| e.to_string())?;
+            ca.save(&dir).map_err(|e| e.to_string())?;
+            println!(
+                "{}: root CN=pkcs2-ca and issuing CN=td-ca, O={organization}",
+                dir.display()
+            );
+        }
+        CaCommand::Issue {
+            ca,
+            config,
+            workloads,
+            certs_dir,
+            spiffe_id,
+            out,
+        } => {
+            let config = load_config(config.as_deref())?;
+            let ca = MeshCa::load(&ca).map_err(|e| e.to_string())?;
+            let mut jobs = Vec::new();
+            if let (Some(w), Some(dir)) = (workloads, certs_dir) {
+                let wl = WorkloadsFile::load(&w).map_err(|e| e.to_string())?;
+                jobs.extend(wl.workloads.iter().map(|x| (x.spiffe_id(&wl), dir.join(&x.name))));
+            } else if let (Some(id), Some(out)) = (spiffe_id, out) {
+                meshauthz_table::spiffe::validate(&id).map_err(|e| format!("--spiffe-id {id}: {e}"))?;
+                jobs.push((id, out));
+            } else {
+                return Err("give --workloads FILE --certs-dir DIR, or --spiffe-id ID --out DIR".into());
+            }
+            for (id, dir) in jobs {
+                let creds = ca
+                    .issue(&LeafSpec::svid_with(&id, &config))
+                    .map_err(|e| e.to_string())?;
+                creds.write_to(&dir).map_err(|e| e.to_string())?;
+                println!("{}: {id} ({})", dir.display(), config.key.describe());
+            }
+        }
+        CaCommand::Rotate { ca, config, dirs } => {
+            let config = load_config(config.as_deref())?;
+            let ca = MeshCa::load(&ca).map_err(|e| e.to_string())?;
+            let now = OffsetDateTime::now_utc();
+            for dir in dirs {
+                let (id, not_before, not_after) = ca::read_leaf(&dir).map_err(|e| e.to_string())?;
+                let due = config.rotation_time(not_before, not_after);
+                if now >= due {
+                    let creds = ca
+                        .issue(&LeafSpec::svid_with(&id, &config))
+                        .map_err(|e| e.to_string())?;
+                    creds.write_to(&dir).map_err(|e| e.to_string())?;
+                    println!("{}: rotated {id}", dir.display());
+                } else {
+                    println!("{}: not due until {due}", dir.display());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

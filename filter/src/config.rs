@@ -58,7 +58,9 @@ pub enum ConfigError {
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConfigError::Missing => f.write_str("no plugin configuration (expected the JSON from `policy-compiler compile --emit plugin-config`)"),
+            ConfigError::Missing => f.write_str(
+                "no plugin configuration (expected the JSON from `policy-compiler compile --emit plugin-config`)",
+            ),
             ConfigError::Json(e) => write!(f, "plugin configuration is not valid JSON for this filter: {e}"),
             ConfigError::Base64(e) => write!(f, "plugin configuration `table` is not base64: {e}"),
             ConfigError::Table(e) => write!(f, "plugin configuration `table`: {e}"),
@@ -68,16 +70,12 @@ impl std::fmt::Display for ConfigError {
 
 impl FilterConfig {
     pub fn parse(bytes: Option<&[u8]>) -> Result<FilterConfig, ConfigError> {
-        let bytes = bytes
-            .filter(|b| !b.is_empty())
-            .ok_or(ConfigError::Missing)?;
-        let raw: RawConfig =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let bytes = bytes.filter(|b| !b.is_empty()).ok_or(ConfigError::Missing)?;
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
         let table_bytes = base64::engine::general_purpose::STANDARD
             .decode(raw.table.as_bytes())
             .map_err(|e| ConfigError::Base64(e.to_string()))?;
-        let table =
-            Table::from_bytes(&table_bytes).map_err(|e| ConfigError::Table(e.to_string()))?;
+        let table = Table::from_bytes(&table_bytes).map_err(|e| ConfigError::Table(e.to_string()))?;
         Ok(FilterConfig {
             table,
             mode: raw.mode,
@@ -93,10 +91,7 @@ mod tests {
     #[test]
     fn rejects_bad_configurations() {
         assert_eq!(FilterConfig::parse(None).err(), Some(ConfigError::Missing));
-        assert!(matches!(
-            FilterConfig::parse(Some(b"{")),
-            Err(ConfigError::Json(_))
-        ));
+        assert!(matches!(FilterConfig::parse(Some(b"{")), Err(ConfigError::Json(_))));
         assert!(matches!(
             FilterConfig::parse(Some(br#"{"table":"","mood":"x"}"#)),
             Err(ConfigError::Json(_))

@@ -23,10 +23,8 @@ pub struct PeerIdentity {
 /// Reads a PEM certificate (the `connection.peer_certificate` property). The first certificate
 /// in the PEM is the peer's own.
 pub fn from_pem(pem: &[u8]) -> Result<PeerIdentity, String> {
-    let (_, pem) =
-        x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("peer certificate PEM: {e}"))?;
-    let (_, cert) = X509Certificate::from_der(&pem.contents)
-        .map_err(|e| format!("peer certificate DER: {e}"))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("peer certificate PEM: {e}"))?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents).map_err(|e| format!("peer certificate DER: {e}"))?;
     let mut uris = Vec::new();
     let mut dns = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -47,10 +45,7 @@ pub fn from_uri_sans(uris: Vec<String>, dns: Vec<String>) -> PeerIdentity {
         [] => (None, Some("the certificate has no URI SAN".to_owned())),
         [one] => match meshauthz_table::spiffe::validate(one) {
             Ok(()) => (Some(one.clone()), None),
-            Err(e) => (
-                None,
-                Some(format!("URI SAN `{one}` is not a SPIFFE ID: {e}")),
-            ),
+            Err(e) => (None, Some(format!("URI SAN `{one}` is not a SPIFFE ID: {e}"))),
         },
         more => (
             None,
@@ -71,12 +66,7 @@ pub fn from_uri_sans(uris: Vec<String>, dns: Vec<String>) -> PeerIdentity {
 /// This hop's XFCC element, with the keys in the order and quoting Envoy uses for
 /// `forward_client_cert_details: SANITIZE_SET` with `subject`, `uri` and `dns` set:
 /// `By=<local URI SAN>;Hash=<sha256 hex>;Subject="<RFC 2253>";URI=<uri>[;DNS=<dns>]...`
-pub fn xfcc_element(
-    local_uris: &[String],
-    hash: &str,
-    subject: &str,
-    peer: &PeerIdentity,
-) -> String {
+pub fn xfcc_element(local_uris: &[String], hash: &str, subject: &str, peer: &PeerIdentity) -> String {
     let mut parts: Vec<String> = local_uris.iter().map(|u| format!("By={u}")).collect();
     if !hash.is_empty() {
         parts.push(format!("Hash={hash}"));
@@ -97,8 +87,7 @@ mod tests {
 
     fn cert_pem(uris: &[&str], dns: &[&str]) -> String {
         let mut params =
-            rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
-                .expect("params");
+            rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).expect("params");
         for u in uris {
             params
                 .subject_alt_names
@@ -110,18 +99,12 @@ mod tests {
 
     #[test]
     fn svid_rule() {
-        let one = from_pem(cert_pem(&["spiffe://td/ns/a/sa/b"], &["b.example"]).as_bytes())
-            .expect("parses");
+        let one = from_pem(cert_pem(&["spiffe://td/ns/a/sa/b"], &["b.example"]).as_bytes()).expect("parses");
         assert_eq!(one.principal.as_deref(), Some("spiffe://td/ns/a/sa/b"));
         assert_eq!(one.dns, vec!["b.example".to_owned()]);
-        let two = from_pem(cert_pem(&["spiffe://td/a", "spiffe://td/b"], &[]).as_bytes())
-            .expect("parses");
+        let two = from_pem(cert_pem(&["spiffe://td/a", "spiffe://td/b"], &[]).as_bytes()).expect("parses");
         assert_eq!(two.principal, None);
-        assert!(
-            two.rejected
-                .as_deref()
-                .is_some_and(|r| r.contains("2 URI SANs"))
-        );
+        assert!(two.rejected.as_deref().is_some_and(|r| r.contains("2 URI SANs")));
         let none = from_pem(cert_pem(&[], &["x"]).as_bytes()).expect("parses");
         assert_eq!(none.principal, None);
         let bad = from_pem(cert_pem(&["spiffe://TD/x"], &[]).as_bytes()).expect("parses");
@@ -131,10 +114,7 @@ mod tests {
 
     #[test]
     fn xfcc_layout() {
-        let peer = from_uri_sans(
-            vec!["spiffe://td/ns/a/sa/c".into()],
-            vec!["c1".into(), "c2".into()],
-        );
+        let peer = from_uri_sans(vec!["spiffe://td/ns/a/sa/c".into()], vec!["c1".into(), "c2".into()]);
         assert_eq!(
             xfcc_element(&["spiffe://td/ns/a/sa/s".into()], "abc", "CN=c,O=x", &peer),
             "By=spiffe://td/ns/a/sa/s;Hash=abc;Subject=\"CN=c,O=x\";URI=spiffe://td/ns/a/sa/c;DNS=c1;DNS=c2"

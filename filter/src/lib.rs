@@ -125,17 +125,14 @@ impl HttpContext for Stream {
         };
         let peer = self.peer();
         let principal = peer.as_ref().and_then(|p| p.identity.principal.as_deref());
-        let authority = self
-            .get_http_request_header(":authority")
-            .unwrap_or_default();
+        let authority = self.get_http_request_header(":authority").unwrap_or_default();
         let method = self.get_http_request_header(":method").unwrap_or_default();
         let port = self
             .get_property(vec!["destination", "port"])
             .and_then(|b| le_u16(&b))
             .unwrap_or(0);
         let source_ip = if config.table.uses_source_ip() {
-            self.get_property(vec!["source", "address"])
-                .and_then(|b| parse_ip(&b))
+            self.get_property(vec!["source", "address"]).and_then(|b| parse_ip(&b))
         } else {
             None
         };
@@ -152,17 +149,14 @@ impl HttpContext for Stream {
         if let Some(stats) = &self.stats {
             stats.record(&decision, config.mode);
         }
-        let by = decision
-            .by
-            .map(|b| (config.table.policy_name(b.policy), b.rule));
+        let by = decision.by.map(|b| (config.table.policy_name(b.policy), b.rule));
         if log::log_enabled!(log::Level::Debug) {
             debug!(
                 "meshauthz: decision={} mode={:?} policy={} rule={} principal={} host={authority} port={port} method={method}",
                 if decision.allowed { "allow" } else { "deny" },
                 config.mode,
                 by.map_or("none", |b| b.0),
-                by.and_then(|b| b.1)
-                    .map_or("none".into(), |r| r.to_string()),
+                by.and_then(|b| b.1).map_or("none".into(), |r| r.to_string()),
                 principal.unwrap_or("-"),
             );
         }
@@ -176,11 +170,7 @@ impl HttpContext for Stream {
 
 impl Stream {
     fn deny(&self) -> Action {
-        self.send_http_response(
-            DENY_STATUS,
-            vec![("content-type", "text/plain")],
-            Some(DENY_BODY),
-        );
+        self.send_http_response(DENY_STATUS, vec![("content-type", "text/plain")], Some(DENY_BODY));
         Action::Pause
     }
 
@@ -213,9 +203,7 @@ impl Stream {
             }
         };
         if let Some(why) = &identity.rejected {
-            warn!(
-                "meshauthz: peer certificate is not an X.509-SVID ({why}); the request has no principal"
-            );
+            warn!("meshauthz: peer certificate is not an X.509-SVID ({why}); the request has no principal");
         }
         let text = |path: Vec<&str>| {
             self.get_property(path)
@@ -301,10 +289,7 @@ mod tests {
         assert_eq!(le_u16(&8000u64.to_le_bytes()), Some(8000));
         assert_eq!(le_u16(&70000u64.to_le_bytes()), None);
         assert_eq!(le_u16(&[1, 2]), None);
-        assert_eq!(
-            parse_ip(b"127.0.0.2:5555"),
-            Some(IpAddr::from([127, 0, 0, 2]))
-        );
+        assert_eq!(parse_ip(b"127.0.0.2:5555"), Some(IpAddr::from([127, 0, 0, 2])));
         assert_eq!(parse_ip(b"[::1]:80"), Some("::1".parse().expect("ip")));
         assert_eq!(parse_ip(b"10.0.0.1"), Some(IpAddr::from([10, 0, 0, 1])));
         assert_eq!(parse_ip(b"garbage"), None);

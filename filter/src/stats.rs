@@ -35,10 +35,7 @@ impl Stats {
                     Some(Action::Deny) => "denied",
                     _ => "allowed",
                 };
-                counter(&format!(
-                    "meshauthz.policy.{}.{outcome}",
-                    table.policy_name(p)
-                ))
+                counter(&format!("meshauthz.policy.{}.{outcome}", table.policy_name(p)))
             })
             .collect();
         Stats {

@@ -57,15 +57,13 @@ pub fn unsupported_regex_construct(re: &str) -> Option<&'static str> {
             }
             b'[' if !in_class => in_class = true,
             b']' if in_class => in_class = false,
-            b'(' if !in_class && b.get(i + 1) == Some(&b'?') => {
-                match (b.get(i + 2), b.get(i + 3)) {
-                    (Some(b'='), _) => return Some("lookahead (`(?=...)`)"),
-                    (Some(b'!'), _) => return Some("negative lookahead (`(?!...)`)"),
-                    (Some(b'<'), Some(b'=')) => return Some("lookbehind (`(?<=...)`)"),
-                    (Some(b'<'), Some(b'!')) => return Some("negative lookbehind (`(?<!...)`)"),
-                    _ => {}
-                }
-            }
+            b'(' if !in_class && b.get(i + 1) == Some(&b'?') => match (b.get(i + 2), b.get(i + 3)) {
+                (Some(b'='), _) => return Some("lookahead (`(?=...)`)"),
+                (Some(b'!'), _) => return Some("negative lookahead (`(?!...)`)"),
+                (Some(b'<'), Some(b'=')) => return Some("lookbehind (`(?<=...)`)"),
+                (Some(b'<'), Some(b'!')) => return Some("negative lookbehind (`(?<!...)`)"),
+                _ => {}
+            },
             _ => {}
         }
         i += 1;
@@ -85,32 +83,19 @@ mod tests {
             ip_block("10.1.2.3/8").map(|(n, fixed)| (n.to_string(), fixed)),
             Ok(("10.0.0.0/8".into(), true))
         );
-        for bad in [
-            "10.0.0.0/33",
-            "300.1.1.1",
-            "10.0.0.0/-1",
-            "10.0.0.0/",
-            "::/129",
-            "x",
-        ] {
+        for bad in ["10.0.0.0/33", "300.1.1.1", "10.0.0.0/-1", "10.0.0.0/", "::/129", "x"] {
             assert!(ip_block(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn regex_dialect() {
-        assert_eq!(
-            unsupported_regex_construct("a(?=b)"),
-            Some("lookahead (`(?=...)`)")
-        );
+        assert_eq!(unsupported_regex_construct("a(?=b)"), Some("lookahead (`(?=...)`)"));
         assert_eq!(
             unsupported_regex_construct("(?<!a)b"),
             Some("negative lookbehind (`(?<!...)`)")
         );
-        assert_eq!(
-            unsupported_regex_construct(r"(a)\1"),
-            Some("backreference (`\\N`)")
-        );
+        assert_eq!(unsupported_regex_construct(r"(a)\1"), Some("backreference (`\\N`)"));
         assert_eq!(
             unsupported_regex_construct(r"(?<n>a)\k<n>"),
             Some("named backreference (`\\k<name>`)")

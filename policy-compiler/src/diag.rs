@@ -70,9 +70,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, &cb) in b.iter().enumerate() {
             let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diag + usize::from(ca != cb));
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diag + usize::from(ca != cb));
             diag = above;
         }
     }

@@ -78,12 +78,7 @@ fn dump_policies(set: &PolicySet) -> Value {
         if !s.ip_blocks.is_empty() {
             m.insert(
                 "ipBlocks".into(),
-                json!(
-                    s.ip_blocks
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                ),
+                json!(s.ip_blocks.iter().map(ToString::to_string).collect::<Vec<_>>()),
             );
         }
         Value::Object(m)

@@ -33,10 +33,7 @@ impl Compiled {
 }
 
 /// Compiles `(file name, text)` pairs. With `deny_warnings`, warnings count as errors.
-pub fn compile_sources(
-    inputs: &[(String, String)],
-    deny_warnings: bool,
-) -> Result<Compiled, CompileError> {
+pub fn compile_sources(inputs: &[(String, String)], deny_warnings: bool) -> Result<Compiled, CompileError> {
     let mut diags = Vec::new();
     let mut parsed = Vec::new();
     for (file, text) in inputs {
@@ -51,10 +48,7 @@ pub fn compile_sources(
         });
     }
     for (i, (file, p)) in parsed.iter().enumerate() {
-        if let Some((first_file, first)) = parsed[..i]
-            .iter()
-            .find(|(_, q)| q.policy.name == p.policy.name)
-        {
+        if let Some((first_file, first)) = parsed[..i].iter().find(|(_, q)| q.policy.name == p.policy.name) {
             diags.push(Diagnostic {
                 severity: Severity::Error,
                 file: (*file).to_owned(),
@@ -89,17 +83,11 @@ pub fn compile_sources(
             message: e.to_string(),
         }],
     })?;
-    Ok(Compiled {
-        set,
-        warnings: diags,
-    })
+    Ok(Compiled { set, warnings: diags })
 }
 
 /// Reads and compiles policy files.
-pub fn compile_files(
-    paths: &[impl AsRef<Path>],
-    deny_warnings: bool,
-) -> Result<Compiled, CompileError> {
+pub fn compile_files(paths: &[impl AsRef<Path>], deny_warnings: bool) -> Result<Compiled, CompileError> {
     let mut inputs = Vec::new();
     let mut diags = Vec::new();
     for path in paths {

@@ -139,8 +139,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     .write_all(&bytes)
                     .map_err(|e| format!("stdout: {e}"))?;
             } else {
-                write_atomically(&output, &bytes)
-                    .map_err(|e| format!("{}: cannot write: {e}", output.display()))?;
+                write_atomically(&output, &bytes).map_err(|e| format!("{}: cannot write: {e}", output.display()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -163,8 +162,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             headers,
         } => {
             let bytes = match (&table, policies.is_empty()) {
-                (Some(path), _) => std::fs::read(path)
-                    .map_err(|e| format!("{}: cannot read: {e}", path.display()))?,
+                (Some(path), _) => std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?,
                 (None, false) => compile(&policies, false)?.table_bytes(),
                 (None, true) => return Err("check needs policy files or --table FILE".into()),
             };

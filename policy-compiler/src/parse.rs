@@ -51,18 +51,8 @@ pub(crate) fn parse_file(file: &str, text: &str, diags: &mut Vec<Diagnostic>) ->
             out.push(policy);
         }
     }
-    if out.is_empty()
-        && !p
-            .diags
-            .iter()
-            .any(|d| d.file == file && d.severity == Severity::Error)
-    {
-        p.at(
-            1,
-            1,
-            "",
-            "the file holds no AuthorizationPolicy document".into(),
-        );
+    if out.is_empty() && !p.diags.iter().any(|d| d.file == file && d.severity == Severity::Error) {
+        p.at(1, 1, "", "the file holds no AuthorizationPolicy document".into());
     }
     out
 }
@@ -131,18 +121,9 @@ impl Parser<'_> {
     }
 
     /// The known fields of a mapping, in order; unknown ones are reported with a suggestion.
-    fn fields<'n>(
-        &mut self,
-        node: &'n Node<'n>,
-        path: &str,
-        allowed: &[&str],
-    ) -> Option<Vec<(&'n str, &'n Node<'n>)>> {
+    fn fields<'n>(&mut self, node: &'n Node<'n>, path: &str, allowed: &[&str]) -> Option<Vec<(&'n str, &'n Node<'n>)>> {
         let YamlData::Mapping(map) = &node.data else {
-            self.error(
-                node,
-                path,
-                format!("expected a mapping, found {}", describe(node)),
-            );
+            self.error(node, path, format!("expected a mapping, found {}", describe(node)));
             return None;
         };
         let mut out = Vec::new();
@@ -150,11 +131,7 @@ impl Parser<'_> {
             let key = match &k.data {
                 YamlData::Value(Scalar::String(s)) => s.as_ref(),
                 _ => {
-                    self.error(
-                        k,
-                        path,
-                        format!("expected a field name, found {}", describe(k)),
-                    );
+                    self.error(k, path, format!("expected a field name, found {}", describe(k)));
                     continue;
                 }
             };
@@ -175,11 +152,7 @@ impl Parser<'_> {
         match &node.data {
             YamlData::Value(Scalar::String(s)) => Some(s.as_ref()),
             _ => {
-                self.error(
-                    node,
-                    path,
-                    format!("expected a string, found {}", describe(node)),
-                );
+                self.error(node, path, format!("expected a string, found {}", describe(node)));
                 None
             }
         }
@@ -191,11 +164,7 @@ impl Parser<'_> {
             YamlData::Sequence(items) => Some(items),
             YamlData::Value(Scalar::Null) => Some(&[]),
             _ => {
-                self.error(
-                    node,
-                    path,
-                    format!("expected a list, found {}", describe(node)),
-                );
+                self.error(node, path, format!("expected a list, found {}", describe(node)));
                 None
             }
         }
@@ -213,8 +182,7 @@ impl Parser<'_> {
             }
             Some(n) => self.string(n, "name").and_then(|s| {
                 let valid = (1..=63).contains(&s.len())
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
                 if !valid {
                     self.error(
                         n,
@@ -270,21 +238,14 @@ impl Parser<'_> {
         }
         let ((name, (line, col)), action) = (name?, action?);
         (self.error_count() == errors_before).then_some(ParsedPolicy {
-            policy: Policy {
-                name,
-                action,
-                rules,
-            },
+            policy: Policy { name, action, rules },
             line,
             col,
         })
     }
 
     fn error_count(&self) -> usize {
-        self.diags
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count()
+        self.diags.iter().filter(|d| d.severity == Severity::Error).count()
     }
 
     fn labels(&mut self, node: &Node<'_>) {
@@ -344,24 +305,16 @@ impl Parser<'_> {
                     continue;
                 };
                 if key == "principals" {
-                    source
-                        .principals
-                        .extend(self.principal(item, &item_path, text));
+                    source.principals.extend(self.principal(item, &item_path, text));
                 } else {
                     match check::ip_block(text) {
                         Ok((net, cleared)) => {
                             if cleared {
-                                self.warn(
-                                    item,
-                                    &item_path,
-                                    format!("`{text}` has host bits set; it means {net}"),
-                                );
+                                self.warn(item, &item_path, format!("`{text}` has host bits set; it means {net}"));
                             }
                             source.ip_blocks.push(net);
                         }
-                        Err(e) => {
-                            self.error(item, &item_path, format!("invalid IP block `{text}`: {e}"))
-                        }
+                        Err(e) => self.error(item, &item_path, format!("invalid IP block `{text}`: {e}")),
                     }
                 }
             }
@@ -370,8 +323,7 @@ impl Parser<'_> {
             self.error(
                 node,
                 path,
-                "a source needs `principals` or `ipBlocks` (an empty source would match nothing)"
-                    .into(),
+                "a source needs `principals` or `ipBlocks` (an empty source would match nothing)".into(),
             );
         }
         (!source.principals.is_empty() || !source.ip_blocks.is_empty()).then_some(source)
@@ -383,7 +335,9 @@ impl Parser<'_> {
             self.error(
                 node,
                 path,
-                format!("invalid {what} pattern `{text}`: `*` may stand only alone, at the start, or at the end (not both)"),
+                format!(
+                    "invalid {what} pattern `{text}`: `*` may stand only alone, at the start, or at the end (not both)"
+                ),
             );
         }
         pattern
@@ -437,16 +391,8 @@ impl Parser<'_> {
         }
         for (field, listed) in ["hosts", "ports"].into_iter().zip(listed) {
             match listed {
-                None => self.error(
-                    node,
-                    &join(path, field),
-                    format!("a destination requires `{field}`"),
-                ),
-                Some((0, value)) => self.error(
-                    value,
-                    &join(path, field),
-                    format!("`{field}` must not be empty"),
-                ),
+                None => self.error(node, &join(path, field), format!("a destination requires `{field}`")),
+                Some((0, value)) => self.error(value, &join(path, field), format!("`{field}` must not be empty")),
                 Some(_) => {}
             }
         }
@@ -474,20 +420,20 @@ impl Parser<'_> {
         let pattern = self.pattern(node, path, text, "host")?;
         let literal = pattern.literal();
         if let Some((_, port)) = literal.rsplit_once(':') {
-            if !port.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && !literal.contains("::")
-            {
-                self.error(node, path, format!("hosts are matched without their port: write `{}` and list the port under `ports`", text.trim_end_matches(port).trim_end_matches(':')));
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !literal.contains("::") {
+                self.error(
+                    node,
+                    path,
+                    format!(
+                        "hosts are matched without their port: write `{}` and list the port under `ports`",
+                        text.trim_end_matches(port).trim_end_matches(':')
+                    ),
+                );
                 return None;
             }
         }
         if literal.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            self.error(
-                node,
-                path,
-                format!("invalid host `{text}`: whitespace is not allowed"),
-            );
+            self.error(node, path, format!("invalid host `{text}`: whitespace is not allowed"));
             return None;
         }
         let lower = |s: &str| s.to_ascii_lowercase();
@@ -512,10 +458,7 @@ impl Parser<'_> {
                 self.error(
                     node,
                     path,
-                    format!(
-                        "a port is an integer in 1..=65535, found {}",
-                        describe(node)
-                    ),
+                    format!("a port is an integer in 1..=65535, found {}", describe(node)),
                 );
                 None
             }
@@ -526,11 +469,7 @@ impl Parser<'_> {
         let fields = self.fields(node, path, HEADER_FIELDS)?;
         let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
         let missing = |p: &mut Self, field: &str| {
-            p.error(
-                node,
-                &join(path, field),
-                format!("missing required field `{field}`"),
-            );
+            p.error(node, &join(path, field), format!("missing required field `{field}`"));
         };
         let name = match get("headerName") {
             None => {
@@ -559,7 +498,11 @@ impl Parser<'_> {
                 let rp = join(path, "regexMatch");
                 self.string(r, &rp).and_then(|s| {
                     if let Some(construct) = check::unsupported_regex_construct(s) {
-                        self.error(r, &rp, format!("regex `{s}` uses {construct}, which the regex engine does not support"));
+                        self.error(
+                            r,
+                            &rp,
+                            format!("regex `{s}` uses {construct}, which the regex engine does not support"),
+                        );
                         return None;
                     }
                     // The raw pattern first, for messages in the author's terms and because a
@@ -569,7 +512,12 @@ impl Parser<'_> {
                         Ok(_) => Some(s.to_owned()),
                         Err(e) => {
                             let e = e.to_string();
-                            let reason = e.lines().last().unwrap_or_default().trim().trim_start_matches("error: ");
+                            let reason = e
+                                .lines()
+                                .last()
+                                .unwrap_or_default()
+                                .trim()
+                                .trim_start_matches("error: ");
                             self.error(r, &rp, format!("invalid regex `{s}`: {reason}"));
                             None
                         }

@@ -11,10 +11,7 @@ fn check(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .expect("policy-compiler runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]
@@ -23,10 +20,7 @@ fn guide_policy_through_the_cli() {
     let allowed = (Some(0), "ALLOW\npolicy=authz-policy rule=0\n".to_owned());
     let denied = (Some(1), "DENY\npolicy=none\n".to_owned());
     let base = ["--port", "8000", "--method", "GET", "--principal", CLIENT];
-    assert_eq!(
-        check(&[&[p, "--host", "service-test"][..], &base].concat()),
-        allowed
-    );
+    assert_eq!(check(&[&[p, "--host", "service-test"][..], &base].concat()), allowed);
     assert_eq!(
         check(&[&[p, "--host", "SERVICE-TEST:8000"][..], &base].concat()),
         allowed
@@ -74,15 +68,7 @@ fn guide_policy_through_the_cli() {
         denied
     );
     assert_eq!(
-        check(&[
-            p,
-            "--host",
-            "service-test",
-            "--port",
-            "8000",
-            "--method",
-            "GET"
-        ]),
+        check(&[p, "--host", "service-test", "--port", "8000", "--method", "GET"]),
         denied,
         "plaintext"
     );
@@ -103,10 +89,7 @@ fn deny_wins_and_names_its_rule() {
         "--principal",
         legacy,
     ]);
-    assert_eq!(
-        (code, out.as_str()),
-        (Some(1), "DENY\npolicy=block-legacy rule=0\n")
-    );
+    assert_eq!((code, out.as_str()), (Some(1), "DENY\npolicy=block-legacy rule=0\n"));
     let web = "spiffe://my-project.svc.id.goog/ns/web/sa/x";
     let (code, out) = check(&[
         p,
@@ -119,10 +102,7 @@ fn deny_wins_and_names_its_rule() {
         "--principal",
         web,
     ]);
-    assert_eq!(
-        (code, out.as_str()),
-        (Some(0), "ALLOW\npolicy=frontends rule=0\n")
-    );
+    assert_eq!((code, out.as_str()), (Some(0), "ALLOW\npolicy=frontends rule=0\n"));
     let (code, _) = check(&[
         p,
         "--host",
@@ -152,15 +132,9 @@ fn deny_wins_and_names_its_rule() {
     ];
     assert_eq!(check(&args).0, Some(1), "header missing");
     args.extend(["--header", "x-env: prod"]);
-    assert_eq!(
-        check(&args),
-        (Some(0), "ALLOW\npolicy=frontends rule=1\n".into())
-    );
+    assert_eq!(check(&args), (Some(0), "ALLOW\npolicy=frontends rule=1\n".into()));
     let (code, out) = check(&[p, "--host", "healthz", "--port", "15021", "--method", "GET"]);
-    assert_eq!(
-        (code, out.as_str()),
-        (Some(0), "ALLOW\npolicy=health rule=0\n")
-    );
+    assert_eq!((code, out.as_str()), (Some(0), "ALLOW\npolicy=health rule=0\n"));
 }
 
 #[test]
@@ -177,17 +151,12 @@ fn compiled_table_file_and_rule_less_policy() {
     assert!(status.success());
     let t = table.to_str().expect("utf-8 path");
     assert_eq!(
-        check(&[
-            "--table", t, "--host", "a", "--port", "1", "--method", "GET"
-        ]),
+        check(&["--table", t, "--host", "a", "--port", "1", "--method", "GET"]),
         (Some(1), "DENY\npolicy=lockdown rule=none\n".into())
     );
     std::fs::write(&table, b"MZAUTHZ\0garbage").expect("write");
     assert_eq!(
-        check(&[
-            "--table", t, "--host", "a", "--port", "1", "--method", "GET"
-        ])
-        .0,
+        check(&["--table", t, "--host", "a", "--port", "1", "--method", "GET"]).0,
         Some(2)
     );
 }

@@ -60,12 +60,8 @@ fn check_golden(golden: &Path, actual: &str) -> Result<(), String> {
         std::fs::write(golden, actual).expect("golden file writable");
         return Ok(());
     }
-    let expected = std::fs::read_to_string(golden).map_err(|e| {
-        format!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            golden.display()
-        )
-    })?;
+    let expected = std::fs::read_to_string(golden)
+        .map_err(|e| format!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", golden.display()))?;
     if expected == actual {
         Ok(())
     } else {
@@ -87,8 +83,7 @@ fn cli() -> Command {
 fn dumps_match_golden_files() {
     let mut failures = Vec::new();
     for case in cases(&testdata()) {
-        let compiled =
-            compile_files(&[&case], true).unwrap_or_else(|e| panic!("{}:\n{e}", case.display()));
+        let compiled = compile_files(&[&case], true).unwrap_or_else(|e| panic!("{}:\n{e}", case.display()));
         let dump = emit::json_dump(&compiled.table_bytes()).expect("own table decodes");
         if let Err(e) = check_golden(&case.with_extension("json"), &dump) {
             failures.push(e);
@@ -101,14 +96,8 @@ fn dumps_match_golden_files() {
 fn bad_inputs_give_located_errors_and_exit_2() {
     let mut failures = Vec::new();
     for case in cases(&testdata().join("errors")) {
-        let rel = case
-            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
-            .expect("inside the crate");
-        let out = cli()
-            .arg("validate")
-            .arg(rel)
-            .output()
-            .expect("policy-compiler runs");
+        let rel = case.strip_prefix(env!("CARGO_MANIFEST_DIR")).expect("inside the crate");
+        let out = cli().arg("validate").arg(rel).output().expect("policy-compiler runs");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if out.status.code() != Some(2) {
             failures.push(format!(
@@ -137,10 +126,7 @@ fn failed_compile_writes_nothing() {
     let bad = testdata().join("errors/ports.yaml");
     let existing = dir.path().join("existing.table");
     std::fs::write(&existing, b"previous").expect("write");
-    for (out, emit) in [
-        (&existing, "table"),
-        (&dir.path().join("new.json"), "plugin-config"),
-    ] {
+    for (out, emit) in [(&existing, "table"), (&dir.path().join("new.json"), "plugin-config")] {
         let status = cli()
             .args(["compile", "--emit", emit, "-o"])
             .arg(out)
@@ -169,9 +155,7 @@ fn warnings_pass_unless_denied() {
     assert_eq!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!(
-            "{case}:7:15: warning: rules[0].destinations[0].methods[0]:"
-        )),
+        stderr.contains(&format!("{case}:7:15: warning: rules[0].destinations[0].methods[0]:")),
         "{stderr}"
     );
     assert!(stderr.contains("did you mean `GET`?"), "{stderr}");
@@ -180,10 +164,7 @@ fn warnings_pass_unless_denied() {
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains(": error: rules[0].destinations[0].methods[0]:")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(": error: rules[0].destinations[0].methods[0]:"));
 }
 
 #[test]
@@ -206,8 +187,7 @@ fn duplicate_names_across_files() {
 #[test]
 fn v1_artifact_still_decodes_and_matches_compiler_output() {
     let artifact = testdata().join("artifacts/deny-and-allow.v1.table");
-    let compiled =
-        compile_files(&[testdata().join("deny-and-allow.yaml")], false).expect("compiles");
+    let compiled = compile_files(&[testdata().join("deny-and-allow.yaml")], false).expect("compiles");
     if std::env::var_os("UPDATE_ARTIFACTS").is_some() {
         std::fs::write(&artifact, compiled.table_bytes()).expect("write artifact");
     }

@@ -90,14 +90,13 @@ impl Pattern {
         if text == "*" {
             return Some(Pattern::Any);
         }
-        let (kind, literal): (fn(String) -> Pattern, &str) =
-            if let Some(rest) = text.strip_suffix('*') {
-                (Pattern::Prefix, rest)
-            } else if let Some(rest) = text.strip_prefix('*') {
-                (Pattern::Suffix, rest)
-            } else {
-                (Pattern::Exact, text)
-            };
+        let (kind, literal): (fn(String) -> Pattern, &str) = if let Some(rest) = text.strip_suffix('*') {
+            (Pattern::Prefix, rest)
+        } else if let Some(rest) = text.strip_prefix('*') {
+            (Pattern::Suffix, rest)
+        } else {
+            (Pattern::Exact, text)
+        };
         if literal.is_empty() || literal.contains('*') {
             return None;
         }
@@ -144,12 +143,8 @@ impl IpNet {
     /// Builds a network, clearing host bits. `None` if the prefix is longer than the address.
     pub fn new(addr: IpAddr, prefix_len: u8) -> Option<IpNet> {
         let addr = match addr {
-            IpAddr::V4(a) if prefix_len <= 32 => {
-                IpAddr::V4((u32::from(a) & mask32(prefix_len)).into())
-            }
-            IpAddr::V6(a) if prefix_len <= 128 => {
-                IpAddr::V6((u128::from(a) & mask128(prefix_len)).into())
-            }
+            IpAddr::V4(a) if prefix_len <= 32 => IpAddr::V4((u32::from(a) & mask32(prefix_len)).into()),
+            IpAddr::V6(a) if prefix_len <= 128 => IpAddr::V6((u128::from(a) & mask128(prefix_len)).into()),
             _ => return None,
         };
         Some(IpNet { addr, prefix_len })
@@ -167,12 +162,8 @@ impl IpNet {
     /// dual-stack listener reports IPv4 peers that way.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, canonical_ip(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                u32::from(ip) & mask32(self.prefix_len) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                u128::from(ip) & mask128(self.prefix_len) == u128::from(net)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => u32::from(ip) & mask32(self.prefix_len) == u32::from(net),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => u128::from(ip) & mask128(self.prefix_len) == u128::from(net),
             _ => false,
         }
     }

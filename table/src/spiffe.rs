@@ -45,9 +45,7 @@ pub fn validate(id: &str) -> Result<(), String> {
         match segment {
             "" => return Err("a SPIFFE ID path may not contain an empty segment (`//`)".into()),
             "." | ".." => {
-                return Err(format!(
-                    "a SPIFFE ID path may not contain a `{segment}` segment"
-                ));
+                return Err(format!("a SPIFFE ID path may not contain a `{segment}` segment"));
             }
             _ => {}
         }

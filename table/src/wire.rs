@@ -24,9 +24,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::spec::{
-    Action, Destination, HeaderMatch, IpNet, Pattern, Policy, PolicySet, Rule, Source,
-};
+use crate::spec::{Action, Destination, HeaderMatch, IpNet, Pattern, Policy, PolicySet, Rule, Source};
 
 pub const MAGIC: &[u8; 8] = b"MZAUTHZ\0";
 pub const FORMAT_VERSION: u16 = 1;
@@ -97,16 +95,10 @@ impl std::fmt::Display for DecodeError {
             }
             DecodeError::ReservedFlags(v) => write!(f, "reserved flags are set ({v:#06x})"),
             DecodeError::LengthMismatch { declared, actual } => {
-                write!(
-                    f,
-                    "header declares a {declared}-byte body, {actual} bytes follow"
-                )
+                write!(f, "header declares a {declared}-byte body, {actual} bytes follow")
             }
             DecodeError::Checksum { expected, actual } => {
-                write!(
-                    f,
-                    "checksum mismatch: header {expected:#010x}, body {actual:#010x}"
-                )
+                write!(f, "checksum mismatch: header {expected:#010x}, body {actual:#010x}")
             }
             DecodeError::Truncated { offset } => write!(f, "truncated at byte {offset}"),
             DecodeError::VarintOverflow { offset } => {
@@ -116,21 +108,14 @@ impl std::fmt::Display for DecodeError {
             DecodeError::StringIndex { offset, index } => {
                 write!(f, "string index {index} at byte {offset} is out of range")
             }
-            DecodeError::BadEnum {
-                offset,
-                what,
-                value,
-            } => {
+            DecodeError::BadEnum { offset, what, value } => {
                 write!(f, "invalid {what} {value} at byte {offset}")
             }
             DecodeError::BadPattern { offset } => {
                 write!(f, "empty pattern literal at byte {offset}")
             }
             DecodeError::BadPrefixLen { offset, len } => {
-                write!(
-                    f,
-                    "prefix length {len} too long for the address at byte {offset}"
-                )
+                write!(f, "prefix length {len} too long for the address at byte {offset}")
             }
             DecodeError::ZeroPort { offset } => write!(f, "port 0 at byte {offset}"),
             DecodeError::EmptyList { offset, what } => {
@@ -154,11 +139,7 @@ pub fn crc32(bytes: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
                 k += 1;
             }
             table[i] = c;
@@ -302,11 +283,7 @@ impl<'a> Reader<'a> {
         for _ in 0..n {
             rules.push(self.rule()?);
         }
-        Ok(Policy {
-            name,
-            action,
-            rules,
-        })
+        Ok(Policy { name, action, rules })
     }
 
     fn rule(&mut self) -> Result<Rule, DecodeError> {
@@ -322,20 +299,14 @@ impl<'a> Reader<'a> {
                     what: "source",
                 });
             }
-            sources.push(Source {
-                principals,
-                ip_blocks,
-            });
+            sources.push(Source { principals, ip_blocks });
         }
         let n = self.count(5)?;
         let mut destinations = Vec::with_capacity(n);
         for _ in 0..n {
             destinations.push(self.destination()?);
         }
-        Ok(Rule {
-            sources,
-            destinations,
-        })
+        Ok(Rule { sources, destinations })
     }
 
     fn destination(&mut self) -> Result<Destination, DecodeError> {

@@ -23,12 +23,7 @@ const PRINCIPALS: &[&str] = &[
     "spiffe://td.example/ns/b/sa/client",
     "spiffe://other.example/ns/a/sa/client",
 ];
-const HOSTS: &[&str] = &[
-    "service-test",
-    "mesh-gateway",
-    "api.example.com",
-    "www.example.com",
-];
+const HOSTS: &[&str] = &["service-test", "mesh-gateway", "api.example.com", "www.example.com"];
 const METHODS: &[&str] = &["GET", "POST", "HEAD", "get"];
 const PORTS: &[u16] = &[80, 443, 8000, 8080];
 
@@ -70,10 +65,7 @@ fn source_strategy() -> impl Strategy<Value = Source> {
         .prop_filter("a source needs principals or ipBlocks", |(p, i)| {
             !p.is_empty() || !i.is_empty()
         })
-        .prop_map(|(principals, ip_blocks)| Source {
-            principals,
-            ip_blocks,
-        })
+        .prop_map(|(principals, ip_blocks)| Source { principals, ip_blocks })
 }
 
 fn dest_strategy() -> impl Strategy<Value = Destination> {
@@ -105,10 +97,7 @@ fn policy_set_strategy() -> impl Strategy<Value = PolicySet> {
         prop::collection::vec(source_strategy(), 0..3),
         prop::collection::vec(dest_strategy(), 0..3),
     )
-        .prop_map(|(sources, destinations)| Rule {
-            sources,
-            destinations,
-        });
+        .prop_map(|(sources, destinations)| Rule { sources, destinations });
     let policy = (prop::bool::weighted(0.3), prop::collection::vec(rule, 0..4));
     prop::collection::vec(policy, 0..4).prop_map(|policies| PolicySet {
         policies: policies
@@ -131,10 +120,7 @@ fn request_strategy() -> impl Strategy<Value = Req> {
         _ => h.to_owned(),
     });
     (
-        prop::option::weighted(
-            0.8,
-            prop::sample::select(PRINCIPALS).prop_map(str::to_owned),
-        ),
+        prop::option::weighted(0.8, prop::sample::select(PRINCIPALS).prop_map(str::to_owned)),
         prop::option::weighted(0.8, ip_strategy()),
         authority,
         prop::sample::select(PORTS),
@@ -147,19 +133,14 @@ fn request_strategy() -> impl Strategy<Value = Req> {
             0..3,
         ),
     )
-        .prop_map(
-            |(principal, source_ip, authority, port, method, headers)| Req {
-                principal,
-                source_ip,
-                authority,
-                port,
-                method,
-                headers: headers
-                    .into_iter()
-                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                    .collect(),
-            },
-        )
+        .prop_map(|(principal, source_ip, authority, port, method, headers)| Req {
+            principal,
+            source_ip,
+            authority,
+            port,
+            method,
+            headers: headers.into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
+        })
 }
 
 proptest! {
@@ -217,9 +198,7 @@ fn guide_policy() -> PolicySet {
             action: Action::Allow,
             rules: vec![Rule {
                 sources: vec![Source {
-                    principals: vec![Pattern::Exact(
-                        "spiffe://p.svc.id.goog/ns/default/sa/client".into(),
-                    )],
+                    principals: vec![Pattern::Exact("spiffe://p.svc.id.goog/ns/default/sa/client".into())],
                     ip_blocks: vec![],
                 }],
                 destinations: vec![Destination {
@@ -238,18 +217,12 @@ fn guide_policy_decisions() {
     let table = Table::from_bytes(&encode(&guide_policy())).unwrap();
     let client = Some("spiffe://p.svc.id.goog/ns/default/sa/client");
     let cases = [
-        (
-            req(client, "service-test", 8000, "GET"),
-            (true, Some((0, Some(0)))),
-        ),
+        (req(client, "service-test", 8000, "GET"), (true, Some((0, Some(0))))),
         (
             req(client, "SERVICE-TEST:8000", 8000, "GET"),
             (true, Some((0, Some(0)))),
         ),
-        (
-            req(client, "service-test.", 8000, "GET"),
-            (true, Some((0, Some(0)))),
-        ),
+        (req(client, "service-test.", 8000, "GET"), (true, Some((0, Some(0))))),
         (req(client, "service-test", 8000, "POST"), (false, None)),
         (req(client, "service-test", 8000, "HEAD"), (false, None)),
         (req(client, "service-test", 8001, "GET"), (false, None)),
@@ -272,10 +245,7 @@ fn guide_policy_decisions() {
 #[test]
 fn no_policies_allow_and_empty_deny_policy_denies_all() {
     let table = Table::from_bytes(&encode(&PolicySet::default())).unwrap();
-    assert_eq!(
-        table_decision(&table, &req(None, "x", 1, "GET")),
-        (true, None)
-    );
+    assert_eq!(table_decision(&table, &req(None, "x", 1, "GET")), (true, None));
     let set = PolicySet {
         policies: vec![Policy {
             name: "lockdown".into(),
@@ -306,10 +276,7 @@ fn any_principal_never_matches_plaintext() {
         }],
     };
     let table = Table::from_bytes(&encode(&set)).unwrap();
-    assert_eq!(
-        table_decision(&table, &req(None, "x", 1, "GET")),
-        (true, None)
-    );
+    assert_eq!(table_decision(&table, &req(None, "x", 1, "GET")), (true, None));
     assert_eq!(
         table_decision(&table, &req(Some("spiffe://a/b"), "x", 1, "GET")),
         (false, Some((0, Some(0))))
@@ -329,18 +296,11 @@ fn host_normalization() {
         ("host:abc", "host:abc"),
         ("", ""),
     ] {
-        assert_eq!(
-            normalize_host(raw, &mut buf).as_ref(),
-            want.as_bytes(),
-            "{raw}"
-        );
+        assert_eq!(normalize_host(raw, &mut buf).as_ref(), want.as_bytes(), "{raw}");
         assert_eq!(reference_host(raw), want, "reference for {raw}");
     }
     let long = "A".repeat(300);
-    assert_eq!(
-        normalize_host(&long, &mut buf).as_ref(),
-        "a".repeat(300).as_bytes()
-    );
+    assert_eq!(normalize_host(&long, &mut buf).as_ref(), "a".repeat(300).as_bytes());
 }
 
 /// A rule with more pattern combinations than the pair index takes (checked by source key

@@ -109,12 +109,7 @@ pub fn wasm_filter_yaml(wasm: &Path, plugin_config: &str, indent: &str) -> Strin
 }
 
 /// A whole bootstrap: admin on `admin_port`, the listeners, one static upstream cluster.
-pub fn bootstrap(
-    admin_port: u16,
-    listeners: &[Listener],
-    wasm: &Path,
-    upstream_port: u16,
-) -> String {
+pub fn bootstrap(admin_port: u16, listeners: &[Listener], wasm: &Path, upstream_port: u16) -> String {
     let mut y = format!(
         r#"admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}

@@ -22,13 +22,7 @@ impl Envoy {
         let child = Command::new(crate::envoy_binary())
             .arg("-c")
             .arg(bootstrap)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "info",
-            ])
+            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
             .args(["--component-log-level", "wasm:debug"])
             .stdin(Stdio::null())
             .stdout(log_file)
@@ -43,10 +37,7 @@ impl Envoy {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = envoy.child.try_wait() {
-                return Err(format!(
-                    "Envoy exited ({status}) during startup:\n{}",
-                    envoy.log_text()
-                ));
+                return Err(format!("Envoy exited ({status}) during startup:\n{}", envoy.log_text()));
             }
             if envoy
                 .admin_get("/ready")
@@ -60,23 +51,13 @@ impl Envoy {
     }
 
     /// Waits (bounded) for Envoy to exit by itself, e.g. on a rejected configuration.
-    pub fn wait_exit(
-        bootstrap: &Path,
-        log: &Path,
-        timeout: Duration,
-    ) -> Result<(i32, String), String> {
+    pub fn wait_exit(bootstrap: &Path, log: &Path, timeout: Duration) -> Result<(i32, String), String> {
         let log_file = std::fs::File::create(log).map_err(|e| e.to_string())?;
         let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
         let mut child = Command::new(crate::envoy_binary())
             .arg("-c")
             .arg(bootstrap)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "info",
-            ])
+            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)
@@ -118,13 +99,8 @@ impl Envoy {
     /// The value of one counter at `/stats`, if Envoy has it.
     pub fn counter(&self, name: &str) -> Option<u64> {
         let (_, body) = self.admin_get(&format!("/stats?filter=^{name}$"))?;
-        body.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(": ")?
-                .trim()
-                .parse()
-                .ok()
-        })
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
     }
 }
 
@@ -139,11 +115,7 @@ impl Drop for Envoy {
 pub fn plain_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;

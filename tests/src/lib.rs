@@ -50,11 +50,7 @@ pub fn filter_wasm() -> PathBuf {
     let path = std::env::var_os("MESHAUTHZ_FILTER_WASM")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/wasm32-wasip1/release/meshauthz_filter.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo xtask build`",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing: run `cargo xtask build`", path.display());
     path
 }
 

@@ -25,8 +25,7 @@ fn policy_yaml(name: &str, ports: &[u16]) -> String {
 }
 
 fn config_for(yaml: &str, mode: Mode, xfcc: Xfcc) -> String {
-    let compiled = compile_sources(&[("policy.yaml".into(), yaml.into())], true)
-        .expect("test policy compiles");
+    let compiled = compile_sources(&[("policy.yaml".into(), yaml.into())], true).expect("test policy compiles");
     plugin_config(&compiled.table_bytes(), mode, xfcc)
 }
 
@@ -105,21 +104,15 @@ impl Fixture {
             listener("enforce", ports.enforce, true, Some(&enforce), "SANITIZE"),
             listener("unlisted", ports.unlisted, true, Some(&enforce), "SANITIZE"),
             listener("reference", ports.reference, true, None, "SANITIZE_SET"),
-            listener(
-                "plaintext",
-                ports.plaintext,
-                false,
-                Some(&enforce),
-                "SANITIZE",
-            ),
+            listener("plaintext", ports.plaintext, false, Some(&enforce), "SANITIZE"),
             listener("shadow", ports.shadow, true, Some(&shadow), "SANITIZE"),
         ];
         let admin = free_port(ip);
         let yaml = bootstrap(admin, &listeners, &filter_wasm(), echo.addr().port());
         let path = dir.path().join("envoy.yaml");
         std::fs::write(&path, yaml).expect("write bootstrap");
-        let envoy = Envoy::start(&path, (ip, admin).into(), &dir.path().join("envoy.log"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let envoy =
+            Envoy::start(&path, (ip, admin).into(), &dir.path().join("envoy.log")).unwrap_or_else(|e| panic!("{e}"));
         Fixture {
             dir,
             envoy,
@@ -160,12 +153,7 @@ fn guide_policy_is_enforced_over_mtls() {
     let f = Fixture::start();
     let p = f.ports.enforce;
     let ok = f.request(Some("client"), p, "service-test", &[]);
-    assert_eq!(
-        ok.status,
-        200,
-        "allowed GET: {ok:?}\n{}",
-        f.envoy.log_text()
-    );
+    assert_eq!(ok.status, 200, "allowed GET: {ok:?}\n{}", f.envoy.log_text());
     assert!(ok.body.starts_with("GET /get HTTP/1.1\n"), "{}", ok.body);
     let xfcc = ok
         .echoed_header("x-forwarded-client-cert")
@@ -184,17 +172,9 @@ fn guide_policy_is_enforced_over_mtls() {
 
     let post = f.request(Some("client"), p, "service-test", &["-X", "POST", "-d", ""]);
     assert_denied(&post, "POST");
-    let denied = f.request(
-        Some("client"),
-        p,
-        "service-test",
-        &["-X", "POST", "-d", "", "-D", "-"],
-    );
+    let denied = f.request(Some("client"), p, "service-test", &["-X", "POST", "-d", "", "-D", "-"]);
     assert!(
-        denied
-            .body
-            .to_ascii_lowercase()
-            .contains("content-type: text/plain"),
+        denied.body.to_ascii_lowercase().contains("content-type: text/plain"),
         "{}",
         denied.body
     );
@@ -207,16 +187,9 @@ fn guide_policy_is_enforced_over_mtls() {
         "another service account",
     );
     for host in ["service-test:8000", "SERVICE-TEST", "service-test."] {
-        assert_eq!(
-            f.request(Some("client"), p, host, &[]).status,
-            200,
-            "host {host}"
-        );
+        assert_eq!(f.request(Some("client"), p, host, &[]).status, 200, "host {host}");
     }
-    assert_denied(
-        &f.request(Some("client"), p, "other-host", &[]),
-        "unlisted host",
-    );
+    assert_denied(&f.request(Some("client"), p, "other-host", &[]), "unlisted host");
     assert_denied(
         &f.request(Some("client"), f.ports.unlisted, "service-test", &[]),
         "unlisted port",
@@ -249,11 +222,7 @@ fn xfcc_is_byte_identical_to_envoy_sanitize_set_and_spoofing_is_dropped() {
     assert_eq!(envoys.status, 200, "{envoys:?}");
     let ours = ours.echoed_headers("x-forwarded-client-cert");
     let envoys = envoys.echoed_headers("x-forwarded-client-cert");
-    assert_eq!(
-        ours.len(),
-        1,
-        "exactly one XFCC reaches the upstream: {ours:?}"
-    );
+    assert_eq!(ours.len(), 1, "exactly one XFCC reaches the upstream: {ours:?}");
     assert_eq!(ours, envoys, "filter XFCC vs Envoy SANITIZE_SET");
     assert!(!ours[0].contains("evil"));
 }
@@ -267,14 +236,10 @@ fn shadow_mode_counts_but_never_denies_and_stats_are_visible() {
         "service-test",
         &["-X", "POST", "-d", ""],
     );
-    assert_eq!(
-        post.status, 200,
-        "shadow mode lets a denied request through: {post:?}"
-    );
+    assert_eq!(post.status, 200, "shadow mode lets a denied request through: {post:?}");
     assert!(post.echoed_header("x-forwarded-client-cert").is_some());
     assert_eq!(
-        f.request(Some("client"), f.ports.shadow, "service-test", &[])
-            .status,
+        f.request(Some("client"), f.ports.shadow, "service-test", &[]).status,
         200
     );
     assert_eq!(
@@ -288,21 +253,18 @@ fn shadow_mode_counts_but_never_denies_and_stats_are_visible() {
         "enforce",
     );
     assert_eq!(
-        f.request(Some("client"), f.ports.enforce, "service-test", &[])
-            .status,
+        f.request(Some("client"), f.ports.enforce, "service-test", &[]).status,
         200
     );
     assert_eq!(f.envoy.counter("wasmcustom.meshauthz.denied"), Some(1));
     // allowed: the shadow listener's two requests and the enforce listener's one.
     assert_eq!(f.envoy.counter("wasmcustom.meshauthz.allowed"), Some(3));
     assert_eq!(
-        f.envoy
-            .counter("wasmcustom.meshauthz.policy.authz-policy.allowed"),
+        f.envoy.counter("wasmcustom.meshauthz.policy.authz-policy.allowed"),
         Some(1)
     );
     assert_eq!(
-        f.envoy
-            .counter("wasmcustom.meshauthz.policy.authz-shadow.allowed"),
+        f.envoy.counter("wasmcustom.meshauthz.policy.authz-shadow.allowed"),
         Some(1)
     );
 }
@@ -319,17 +281,10 @@ fn refuses(plugin_config: &str, expect_in_log: &str) {
     let admin = free_port(Ipv4Addr::LOCALHOST);
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, bootstrap(admin, &[l], &filter_wasm(), 9)).expect("write");
-    let (code, log) = Envoy::wait_exit(
-        &path,
-        &dir.path().join("envoy.log"),
-        std::time::Duration::from_secs(60),
-    )
-    .unwrap_or_else(|e| panic!("Envoy accepted an invalid configuration: {e}"));
+    let (code, log) = Envoy::wait_exit(&path, &dir.path().join("envoy.log"), std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("Envoy accepted an invalid configuration: {e}"));
     assert_ne!(code, 0, "{log}");
-    assert!(
-        log.contains(expect_in_log),
-        "log lacks {expect_in_log:?}:\n{log}"
-    );
+    assert!(log.contains(expect_in_log), "log lacks {expect_in_log:?}:\n{log}");
 }
 
 #[test]
@@ -342,10 +297,7 @@ fn invalid_plugin_configuration_is_refused() {
         "{\"tabel\": \"\"}",
         "meshauthz: rejecting configuration: plugin configuration is not valid JSON",
     );
-    refuses(
-        "",
-        "meshauthz: rejecting configuration: no plugin configuration",
-    );
+    refuses("", "meshauthz: rejecting configuration: no plugin configuration");
 }
 
 /// A new table arrives through a listener update (file-based LDS) while a client keeps sending
@@ -373,8 +325,7 @@ fn policy_update_applies_while_requests_flow() {
     let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo");
     let port = free_port(Ipv4Addr::LOCALHOST);
     let listener_with = |method: &str| {
-        let yaml = policy_yaml("authz-policy", &[port])
-            .replace("methods: [GET]", &format!("methods: [{method}]"));
+        let yaml = policy_yaml("authz-policy", &[port]).replace("methods: [GET]", &format!("methods: [{method}]"));
         Listener {
             name: "inbound".into(),
             port,
@@ -393,11 +344,7 @@ fn policy_update_applies_while_requests_flow() {
     publish(listener_with("GET"));
     let admin = free_port(Ipv4Addr::LOCALHOST);
     let boot = dir.path().join("envoy.yaml");
-    std::fs::write(
-        &boot,
-        bootstrap_with_file_lds(admin, &lds, echo.addr().port()),
-    )
-    .expect("write");
+    std::fs::write(&boot, bootstrap_with_file_lds(admin, &lds, echo.addr().port())).expect("write");
     let envoy = Envoy::start(
         &boot,
         (Ipv4Addr::LOCALHOST, admin).into(),

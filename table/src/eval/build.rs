@@ -175,10 +175,7 @@ impl Builder {
         if src_keys.len().saturating_mul(dst_keys.len()) <= MAX_PAIRS_PER_RULE {
             for &(sc, sk) in &src_keys {
                 for &(dc, dk) in &dst_keys {
-                    self.pair_lists
-                        .entry(key(sk, dk))
-                        .or_default()
-                        .push((sc, dc));
+                    self.pair_lists.entry(key(sk, dk)).or_default().push((sc, dc));
                 }
             }
         } else {

@@ -125,11 +125,7 @@ impl DestClause {
     pub fn matches(&self, ctx: &Ctx<'_>, regexes: &[Regex]) -> bool {
         (self.ports.is_empty() || self.ports.contains(&ctx.req.port))
             && (self.hosts.is_empty() || self.hosts.iter().any(|l| l.matches(ctx.host)))
-            && (self.methods.is_empty()
-                || self
-                    .methods
-                    .iter()
-                    .any(|m| &m[..] == ctx.req.method.as_bytes()))
+            && (self.methods.is_empty() || self.methods.iter().any(|m| &m[..] == ctx.req.method.as_bytes()))
             && self.header.is_none_or(|(slot, re)| {
                 let value = match slot {
                     HeaderSlot::Authority => Some(ctx.req.authority),

@@ -71,10 +71,7 @@ pub(crate) struct LengthFilter {
 
 impl LengthFilter {
     fn build<'a>(literals: impl Iterator<Item = &'a [u8]> + Clone) -> LengthFilter {
-        let words = (literals.clone().count() * 8)
-            .div_ceil(64)
-            .next_power_of_two()
-            .max(1);
+        let words = (literals.clone().count() * 8).div_ceil(64).next_power_of_two().max(1);
         let mut bits = vec![0u64; words];
         for lit in literals {
             let h = filter_hash(lit);
@@ -88,9 +85,7 @@ impl LengthFilter {
     fn may_contain(&self, v: &[u8]) -> bool {
         let h = filter_hash(v);
         let word = (h >> 6) as usize & (self.bits.len().wrapping_sub(1));
-        self.bits
-            .get(word)
-            .is_some_and(|w| w & (1 << (h & 63)) != 0)
+        self.bits.get(word).is_some_and(|w| w & (1 << (h & 63)) != 0)
     }
 }
 
@@ -127,9 +122,7 @@ impl PatternKeys {
                 .map(|len| {
                     (
                         len,
-                        LengthFilter::build(
-                            m.keys().filter(move |k| k.len() == len).map(|k| &k[..]),
-                        ),
+                        LengthFilter::build(m.keys().filter(move |k| k.len() == len).map(|k| &k[..])),
                     )
                 })
                 .collect()
@@ -190,18 +183,8 @@ impl CidrKeysBuilder {
             *next - 1
         };
         match cidr {
-            Cidr::V4(net, len) => *self
-                .v4
-                .entry(len)
-                .or_default()
-                .entry(net)
-                .or_insert_with(fresh),
-            Cidr::V6(net, len) => *self
-                .v6
-                .entry(len)
-                .or_default()
-                .entry(net)
-                .or_insert_with(fresh),
+            Cidr::V4(net, len) => *self.v4.entry(len).or_default().entry(net).or_insert_with(fresh),
+            Cidr::V6(net, len) => *self.v6.entry(len).or_default().entry(net).or_insert_with(fresh),
         }
     }
 

@@ -124,9 +124,7 @@ impl Table {
     }
 
     pub fn policy_name(&self, policy: u32) -> &str {
-        self.policies
-            .get(policy as usize)
-            .map_or("", |p| p.name.as_str())
+        self.policies.get(policy as usize).map_or("", |p| p.name.as_str())
     }
 
     pub fn policy_action(&self, policy: u32) -> Option<Action> {
@@ -145,8 +143,7 @@ impl Table {
         };
 
         let mut src = KeyBuf::new();
-        self.principal_keys
-            .matching(req.principal.map(str::as_bytes), &mut src);
+        self.principal_keys.matching(req.principal.map(str::as_bytes), &mut src);
         self.cidr_keys.matching(source_ip, &mut src);
         let mut dst = KeyBuf::new();
         self.host_keys.matching(Some(&host), &mut dst);
@@ -157,8 +154,7 @@ impl Table {
         let mut best = u32::MAX;
         for &s in src.as_slice() {
             for &d in dst.as_slice() {
-                let Some(&(start, end)) = self.pair_index.get(&(u64::from(s) << 32 | u64::from(d)))
-                else {
+                let Some(&(start, end)) = self.pair_index.get(&(u64::from(s) << 32 | u64::from(d))) else {
                     continue;
                 };
                 for &(sc, dc) in self.pairs.get(start as usize..end as usize).unwrap_or(&[]) {
@@ -217,10 +213,7 @@ impl Table {
         let Some(r) = self.rules.get(rule as usize) else {
             return false;
         };
-        let clauses = self
-            .dests
-            .get(r.dests.0 as usize..r.dests.1 as usize)
-            .unwrap_or(&[]);
+        let clauses = self.dests.get(r.dests.0 as usize..r.dests.1 as usize).unwrap_or(&[]);
         clauses.iter().any(|c| c.matches(ctx, &self.regexes))
     }
 

@@ -7,9 +7,7 @@
 
 use std::net::IpAddr;
 
-use meshauthz_table::{
-    Action, Destination, IpNet, Pattern, PolicySet, Request, Rule, Source, Table,
-};
+use meshauthz_table::{Action, Destination, IpNet, Pattern, PolicySet, Request, Rule, Source, Table};
 
 /// A request with headers by name, as the reference sees it.
 #[derive(Clone, Debug)]
@@ -82,9 +80,7 @@ fn source_matches(s: &Source, r: &Req) -> bool {
         || r.principal
             .as_deref()
             .is_some_and(|p| s.principals.iter().any(|pat| pattern_matches(pat, p)));
-    let ip_ok = s.ip_blocks.is_empty()
-        || r.source_ip
-            .is_some_and(|ip| s.ip_blocks.iter().any(|n| in_net(n, ip)));
+    let ip_ok = s.ip_blocks.is_empty() || r.source_ip.is_some_and(|ip| s.ip_blocks.iter().any(|n| in_net(n, ip)));
     principal_ok && ip_ok
 }
 
@@ -117,16 +113,10 @@ fn dest_matches(d: &Destination, r: &Req) -> bool {
     });
     let header_ok = match &d.header {
         None => true,
-        Some(h) => header_value(r, &h.name).is_some_and(|v| {
-            regex::Regex::new(&format!("^(?:{})$", h.regex))
-                .unwrap()
-                .is_match(&v)
-        }),
+        Some(h) => header_value(r, &h.name)
+            .is_some_and(|v| regex::Regex::new(&format!("^(?:{})$", h.regex)).unwrap().is_match(&v)),
     };
-    host_ok
-        && d.ports.contains(&r.port)
-        && (d.methods.is_empty() || d.methods.contains(&r.method))
-        && header_ok
+    host_ok && d.ports.contains(&r.port) && (d.methods.is_empty() || d.methods.contains(&r.method)) && header_ok
 }
 
 fn rule_matches(rule: &Rule, r: &Req) -> bool {
@@ -162,11 +152,7 @@ pub fn reference(set: &PolicySet, r: &Req) -> (bool, Option<(u32, Option<u32>)>)
 }
 
 pub fn table_decision(table: &Table, r: &Req) -> (bool, Option<(u32, Option<u32>)>) {
-    let values: Vec<Option<String>> = table
-        .header_names()
-        .iter()
-        .map(|n| header_value(r, n))
-        .collect();
+    let values: Vec<Option<String>> = table.header_names().iter().map(|n| header_value(r, n)).collect();
     let slots: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
     let d = table.evaluate(&Request {
         principal: r.principal.as_deref(),

@@ -1,0 +1,620 @@
+//! Resources + workloads -> one Envoy bootstrap per proxy, as Traffic Director would program it.
+//!
+//! - `google_cloud_private_spiffe` becomes two static SDS secrets read from the workload's
+//!   credentials directory (GKE layout) with `watched_directory`, so rotated files are picked up
+//!   without a restart.
+//! - A sidecar in a mesh gets an outbound listener on the mesh's `interceptionPort`, with one
+//!   virtual host per HTTPRoute attached to the mesh; a route's backend service becomes a cluster
+//!   of the workloads that are its endpoints, with upstream mTLS (client certificate, server SAN
+//!   check) when the service has `securitySettings`.
+//! - A sidecar with an app port gets an inbound listener on it; the endpoint policy that selects
+//!   the workload's labels sets its TLS (client certificates required with `mtlsPolicy`) and its
+//!   authorization policy, compiled into the meshauthz Wasm filter.
+//! - A gateway proxy serves the Gateways of its scope: a TLS listener per port and the
+//!   HTTPRoutes attached to the gateway, forwarding over mTLS as the gateway's own identity.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use meshauthz_policy_compiler::emit::{self, Mode, Xfcc};
+use serde_json::{Value, json};
+
+use crate::resources::{
+    BackendService, CertificateProvider, ClientTlsPolicy, EndpointPolicy, Gateway, HttpRoute, Mesh, ResourceError,
+    Resources, ServerTlsPolicy, kind, reference,
+};
+use crate::workloads::{ProxyRole, Workload, WorkloadsFile};
+
+/// The only certificate provider the guide uses: the mesh certificates GKE mounts.
+pub const SPIFFE_PLUGIN: &str = "google_cloud_private_spiffe";
+const CERT_SECRET: &str = "mesh-certificate";
+const CA_SECRET: &str = "mesh-trust-bundle";
+
+/// Where generated bootstraps point at files.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `<certs_dir>/<workload name>/` holds each workload's credentials.
+    pub certs_dir: PathBuf,
+    /// The meshauthz filter.
+    pub wasm: PathBuf,
+}
+
+/// One generated bootstrap.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub workload: String,
+    pub yaml: String,
+    pub admin: (std::net::Ipv4Addr, u16),
+}
+
+fn fail(file: &str, message: impl Into<String>) -> ResourceError {
+    ResourceError {
+        file: file.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Resources indexed by name, every reference checked.
+struct Model<'r> {
+    res: &'r Resources,
+    meshes: BTreeMap<&'r str, (&'r str, &'r Mesh)>,
+    routes: Vec<(&'r str, &'r HttpRoute)>,
+    client_tls: BTreeMap<&'r str, (&'r str, &'r ClientTlsPolicy)>,
+    server_tls: BTreeMap<&'r str, (&'r str, &'r ServerTlsPolicy)>,
+    gateways: BTreeMap<&'r str, (&'r str, &'r Gateway)>,
+    backends: BTreeMap<&'r str, (&'r str, &'r BackendService)>,
+    authz: BTreeMap<&'r str, &'r str>,
+}
+
+fn index<'r, T>(
+    items: &'r [(String, T)],
+    name: impl Fn(&T) -> &str,
+    what: &str,
+) -> Result<BTreeMap<&'r str, (&'r str, &'r T)>, ResourceError> {
+    let mut out = BTreeMap::new();
+    for (file, item) in items {
+        let n = name(item);
+        if let Some((first, _)) = out.insert(n, (file.as_str(), item)) {
+            return Err(fail(file, format!("name: duplicate {what} `{n}` (also in {first})")));
+        }
+    }
+    Ok(out)
+}
+
+fn check_provider(file: &str, field: &str, p: &CertificateProvider) -> Result<(), ResourceError> {
+    let plugin = &p.certificate_provider_instance.plugin_instance;
+    if plugin == SPIFFE_PLUGIN {
+        Ok(())
+    } else {
+        Err(fail(
+            file,
+            format!("{field}: certificate provider `{plugin}` is not supported (only {SPIFFE_PLUGIN})"),
+        ))
+    }
+}
+
+impl<'r> Model<'r> {
+    fn new(res: &'r Resources) -> Result<Model<'r>, ResourceError> {
+        let m = Model {
+            res,
+            meshes: index(&res.meshes, |m| &m.name, "Mesh")?,
+            routes: res.http_routes.iter().map(|(f, r)| (f.as_str(), r)).collect(),
+            client_tls: index(&res.client_tls_policies, |p| &p.name, "ClientTlsPolicy")?,
+            server_tls: index(&res.server_tls_policies, |p| &p.name, "ServerTlsPolicy")?,
+            gateways: index(&res.gateways, |g| &g.name, "Gateway")?,
+            backends: index(&res.backend_services, |b| &b.name, "BackendService")?,
+            authz: res
+                .authorization_policies
+                .iter()
+                .map(|(f, n)| (n.as_str(), f.as_str()))
+                .collect(),
+        };
+        index(&res.http_routes, |r| &r.name, "HTTPRoute")?;
+        index(&res.endpoint_policies, |p| &p.name, "EndpointPolicy")?;
+        m.check_references()?;
+        Ok(m)
+    }
+
+    fn resolve<'t, T>(
+        &self,
+        file: &str,
+        field: &str,
+        text: &'t str,
+        collection: &str,
+        map: &BTreeMap<&str, T>,
+    ) -> Result<&'t str, ResourceError> {
+        let name = reference(file, field, text, collection)?;
+        if map.contains_key(name) {
+            Ok(name)
+        } else {
+            Err(fail(
+                file,
+                format!("{field}: `{text}` names {collection}/{name}, which no given file defines"),
+            ))
+        }
+    }
+
+    fn check_references(&self) -> Result<(), ResourceError> {
+        for (file, r) in &self.routes {
+            for (i, m) in r.meshes.iter().enumerate() {
+                self.resolve(file, &format!("meshes[{i}]"), m, kind::MESH, &self.meshes)?;
+            }
+            for (i, g) in r.gateways.iter().enumerate() {
+                self.resolve(file, &format!("gateways[{i}]"), g, kind::GATEWAY, &self.gateways)?;
+            }
+            for (i, rule) in r.rules.iter().enumerate() {
+                for (j, d) in rule.action.destinations.iter().enumerate() {
+                    let field = format!("rules[{i}].action.destinations[{j}].serviceName");
+                    self.resolve(file, &field, &d.service_name, kind::BACKEND_SERVICE, &self.backends)?;
+                }
+            }
+        }
+        for (file, b) in self.backends.values() {
+            if let Some(s) = &b.security_settings {
+                self.resolve(
+                    file,
+                    "securitySettings.clientTlsPolicy",
+                    &s.client_tls_policy,
+                    kind::CLIENT_TLS,
+                    &self.client_tls,
+                )?;
+            }
+        }
+        for (file, p) in self.client_tls.values() {
+            if let Some(c) = &p.client_certificate {
+                check_provider(file, "clientCertificate", c)?;
+            }
+            for (i, c) in p.server_validation_ca.iter().enumerate() {
+                check_provider(file, &format!("serverValidationCa[{i}]"), c)?;
+            }
+        }
+        for (file, p) in self.server_tls.values() {
+            if let Some(c) = &p.server_certificate {
+                check_provider(file, "serverCertificate", c)?;
+            }
+            for (i, c) in p.mtls_policy.iter().flat_map(|m| &m.client_validation_ca).enumerate() {
+                check_provider(file, &format!("mtlsPolicy.clientValidationCa[{i}]"), c)?;
+            }
+        }
+        for (file, p) in &self.res.endpoint_policies {
+            if p.kind != "SIDECAR_PROXY" && p.kind != "GRPC_SERVER" {
+                return Err(fail(
+                    file,
+                    format!("type: `{}` is not SIDECAR_PROXY or GRPC_SERVER", p.kind),
+                ));
+            }
+            if let Some(s) = &p.server_tls_policy {
+                self.resolve(file, "serverTlsPolicy", s, kind::SERVER_TLS, &self.server_tls)?;
+            }
+            if let Some(a) = &p.authorization_policy {
+                self.resolve(file, "authorizationPolicy", a, kind::AUTHZ, &self.authz)?;
+            }
+        }
+        for (file, g) in self.gateways.values() {
+            if let Some(s) = &g.server_tls_policy {
+                self.resolve(file, "serverTLSPolicy", s, kind::SERVER_TLS, &self.server_tls)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn server_tls_of(&self, reference_text: &str) -> Option<&'r ServerTlsPolicy> {
+        let name = reference_text.rsplit('/').next()?;
+        self.server_tls.get(name).map(|(_, p)| *p)
+    }
+}
+
+/// Generates a bootstrap for every workload.
+pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<Vec<Bootstrap>, ResourceError> {
+    let model = Model::new(res)?;
+    let mut compiled_authz: BTreeMap<String, String> = BTreeMap::new();
+    for (file, text) in &res.authorization_texts {
+        let c = meshauthz_policy_compiler::compile_sources(&[(file.clone(), text.clone())], false)
+            .map_err(|e| fail(file, e.to_string()))?;
+        for p in &c.set.policies {
+            let single = meshauthz_table::PolicySet {
+                policies: vec![p.clone()],
+            };
+            let table = meshauthz_table::wire::encode(&single);
+            compiled_authz.insert(
+                p.name.clone(),
+                emit::plugin_config(&table, Mode::Enforce, Xfcc::SanitizeSet),
+            );
+        }
+    }
+    let wl_file = "workloads";
+    let mut out = Vec::new();
+    for w in &wl.workloads {
+        let mut listeners = Vec::new();
+        let mut backends_used: Vec<&str> = Vec::new();
+        let mut app_cluster = None;
+        match w.proxy {
+            ProxyRole::Sidecar => {
+                let mesh = match &w.mesh {
+                    Some(name) => Some(*model.meshes.get(name.as_str()).ok_or_else(|| {
+                        fail(wl_file, format!("workload `{}`: mesh `{name}` is not defined", w.name))
+                    })?),
+                    None if model.meshes.len() == 1 => model.meshes.values().next().copied(),
+                    None if model.meshes.is_empty() => None,
+                    None => {
+                        return Err(fail(
+                            wl_file,
+                            format!("workload `{}`: several meshes exist; name one with `mesh`", w.name),
+                        ));
+                    }
+                };
+                if let Some((_, mesh)) = mesh {
+                    let routes: Vec<&HttpRoute> = model
+                        .routes
+                        .iter()
+                        .filter(|(_, r)| {
+                            r.meshes
+                                .iter()
+                                .any(|m| m.rsplit('/').next() == Some(mesh.name.as_str()))
+                        })
+                        .map(|(_, r)| *r)
+                        .collect();
+                    let port = mesh.interception_port.unwrap_or(15001);
+                    listeners.push(outbound_listener(w, port, &routes, &mut backends_used));
+                }
+                if let (Some(app_port), Some(app_addr)) = (w.app_port, w.app_address) {
+                    let selecting: Vec<&EndpointPolicy> = res
+                        .endpoint_policies
+                        .iter()
+                        .map(|(_, p)| p)
+                        .filter(|p| p.kind == "SIDECAR_PROXY" && p.selects(&w.labels))
+                        .collect();
+                    if selecting.len() > 1 {
+                        return Err(fail(
+                            wl_file,
+                            format!(
+                                "workload `{}` is selected by several endpoint policies ({})",
+                                w.name,
+                                selecting.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
+                    }
+                    let policy = selecting.first().copied();
+                    let tls = policy
+                        .and_then(|p| p.server_tls_policy.as_deref())
+                        .and_then(|r| model.server_tls_of(r));
+                    let authz = match policy.and_then(|p| p.authorization_policy.as_deref()) {
+                        None => None,
+                        Some(r) => {
+                            let name = r.rsplit('/').next().unwrap_or_default();
+                            let cfg = compiled_authz.get(name).ok_or_else(|| {
+                                fail(wl_file, format!("authorization policy `{name}` did not compile"))
+                            })?;
+                            Some(cfg.as_str())
+                        }
+                    };
+                    listeners.push(inbound_listener(w, app_port, tls, authz, &opts.wasm));
+                    app_cluster = Some(static_cluster("inbound-app", &[(app_addr, app_port)], None));
+                } else if mesh.is_none() {
+                    return Err(fail(
+                        wl_file,
+                        format!("workload `{}`: no mesh and no app port: no resource uses it", w.name),
+                    ));
+                }
+            }
+            ProxyRole::Gateway => {
+                let scope = w.scope.as_deref().unwrap_or_default();
+                let gateways: Vec<&Gateway> = model
+                    .gateways
+                    .values()
+                    .map(|(_, g)| *g)
+                    .filter(|g| g.scope == scope)
+                    .collect();
+                if gateways.is_empty() {
+                    return Err(fail(
+                        wl_file,
+                        format!(
+                            "workload `{}`: no Gateway has scope `{scope}`: no resource uses it",
+                            w.name
+                        ),
+                    ));
+                }
+                for g in gateways {
+                    let routes: Vec<&HttpRoute> = model
+                        .routes
+                        .iter()
+                        .filter(|(_, r)| r.gateways.iter().any(|x| x.rsplit('/').next() == Some(g.name.as_str())))
+                        .map(|(_, r)| *r)
+                        .collect();
+                    let tls = g.server_tls_policy.as_deref().and_then(|r| model.server_tls_of(r));
+                    for &port in &g.ports {
+                        listeners.push(gateway_listener(w, g, port, tls, &routes, &mut backends_used));
+                    }
+                }
+            }
+        }
+        out.push(assemble(w, wl, &model, opts, listeners, backends_used, app_cluster)?);
+    }
+    for w in &wl.workloads {
+        if let Some(b) = &w.backend_service {
+            if !model.backends.contains_key(b.as_str()) {
+                return Err(fail(
+                    wl_file,
+                    format!("workload `{}`: backendService `{b}` is not defined", w.name),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One proxy's bootstrap: its listeners, a cluster per backend service they route to (plus the
+/// local app for a sidecar), and the mesh certificate secrets.
+fn assemble(
+    w: &Workload,
+    wl: &WorkloadsFile,
+    model: &Model<'_>,
+    opts: &Options,
+    listeners: Vec<Value>,
+    mut backends_used: Vec<&str>,
+    app_cluster: Option<Value>,
+) -> Result<Bootstrap, ResourceError> {
+    backends_used.sort_unstable();
+    backends_used.dedup();
+    let mut clusters: Vec<Value> = app_cluster.into_iter().collect();
+    for name in backends_used {
+        let Some((file, backend)) = model.backends.get(name) else {
+            continue;
+        };
+        let endpoints: Vec<_> = wl
+            .workloads
+            .iter()
+            .filter(|e| e.backend_service.as_deref() == Some(name))
+            .filter_map(|e| Some((e.address, e.app_port?)))
+            .collect();
+        let tls = match &backend.security_settings {
+            None => None,
+            Some(s) => {
+                let policy_name = reference(
+                    file,
+                    "securitySettings.clientTlsPolicy",
+                    &s.client_tls_policy,
+                    kind::CLIENT_TLS,
+                )?;
+                let policy = model.client_tls.get(policy_name).map(|(_, p)| *p);
+                policy.map(|p| upstream_tls(p, &s.subject_alt_names))
+            }
+        };
+        clusters.push(static_cluster(name, &endpoints, tls));
+    }
+    let certs = opts.certs_dir.join(&w.name);
+    let admin_port = w.admin_port.unwrap_or(15000);
+    let bootstrap = json!({
+        "node": {"id": format!("{}.{}", w.name, wl.namespace), "cluster": w.name},
+        "admin": {"address": socket(w.address, admin_port)},
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": clusters,
+            "secrets": secrets(&certs),
+        },
+    });
+    let yaml = serde_yaml_ng::to_string(&bootstrap).map_err(|e| fail("bootstrap", e.to_string()))?;
+    Ok(Bootstrap {
+        workload: w.name.clone(),
+        yaml,
+        admin: (w.address, admin_port),
+    })
+}
+
+fn socket(addr: std::net::Ipv4Addr, port: u16) -> Value {
+    json!({"socket_address": {"address": addr.to_string(), "port_value": port}})
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The mesh certificate and trust bundle, watched so that rotation needs no restart.
+fn secrets(dir: &Path) -> Value {
+    json!([
+        {
+            "name": CERT_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"filename": path(&dir.join(crate::ca::CERTIFICATES))},
+                "private_key": {"filename": path(&dir.join(crate::ca::PRIVATE_KEY))},
+                "watched_directory": {"path": path(dir)},
+            }
+        },
+        {
+            "name": CA_SECRET,
+            "validation_context": {
+                "trusted_ca": {"filename": path(&dir.join(crate::ca::CA_CERTIFICATES))},
+                "watched_directory": {"path": path(dir)},
+            }
+        }
+    ])
+}
+
+fn router() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+fn virtual_hosts<'r>(routes: &[&'r HttpRoute], backends_used: &mut Vec<&'r str>) -> Vec<Value> {
+    routes
+        .iter()
+        .map(|r| {
+            let mut domains = Vec::new();
+            for h in &r.hostnames {
+                domains.push(h.clone());
+                domains.push(format!("{h}:*"));
+            }
+            let rules: Vec<Value> = r
+                .rules
+                .iter()
+                .map(|rule| {
+                    let dests = &rule.action.destinations;
+                    let names: Vec<&str> = dests.iter().filter_map(|d| d.service_name.rsplit('/').next()).collect();
+                    let route = if names.len() == 1 {
+                        json!({"cluster": names[0]})
+                    } else {
+                        let clusters: Vec<Value> = dests
+                            .iter()
+                            .zip(&names)
+                            .map(|(d, n)| json!({"name": n, "weight": d.weight.unwrap_or(1)}))
+                            .collect();
+                        json!({"weighted_clusters": {"clusters": clusters}})
+                    };
+                    json!({"match": {"prefix": "/"}, "route": route})
+                })
+                .collect();
+            // Names point into the route, which outlives this call.
+            for rule in &r.rules {
+                for d in &rule.action.destinations {
+                    if let Some(n) = d.service_name.rsplit('/').next() {
+                        backends_used.push(n);
+                    }
+                }
+            }
+            json!({"name": r.name, "domains": domains, "routes": rules})
+        })
+        .collect()
+}
+
+fn hcm(stat_prefix: &str, vhosts: Vec<Value>, filters: Vec<Value>, extra: Value) -> Value {
+    let mut config = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "route_config": {"name": stat_prefix, "virtual_hosts": vhosts},
+        "http_filters": filters,
+    });
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": config})
+}
+
+fn outbound_listener<'r>(w: &Workload, port: u16, routes: &[&'r HttpRoute], backends_used: &mut Vec<&'r str>) -> Value {
+    let vhosts = virtual_hosts(routes, backends_used);
+    json!({
+        "name": "outbound",
+        "address": socket(w.address, port),
+        "filter_chains": [{"filters": [hcm("outbound", vhosts, vec![router()], json!({}))]}],
+    })
+}
+
+fn downstream_tls(tls: &ServerTlsPolicy) -> Option<Value> {
+    tls.server_certificate.as_ref()?;
+    let mut ctx = json!({"tls_certificate_sds_secret_configs": [{"name": CERT_SECRET}]});
+    let mtls = tls.mtls_policy.is_some();
+    if mtls {
+        ctx["validation_context_sds_secret_config"] = json!({"name": CA_SECRET});
+    }
+    Some(json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": mtls,
+            "common_tls_context": ctx,
+        }
+    }))
+}
+
+fn upstream_tls(policy: &ClientTlsPolicy, sans: &[String]) -> Value {
+    let mut ctx = json!({});
+    if policy.client_certificate.is_some() {
+        ctx["tls_certificate_sds_secret_configs"] = json!([{"name": CERT_SECRET}]);
+    }
+    if !policy.server_validation_ca.is_empty() {
+        let matchers: Vec<Value> = sans
+            .iter()
+            .map(|s| json!({"san_type": "URI", "matcher": {"exact": s}}))
+            .collect();
+        ctx["combined_validation_context"] = json!({
+            "default_validation_context": {"match_typed_subject_alt_names": matchers},
+            "validation_context_sds_secret_config": {"name": CA_SECRET},
+        });
+    }
+    let mut tls = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": ctx,
+    });
+    if let Some(sni) = &policy.sni {
+        tls["sni"] = json!(sni);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": tls})
+}
+
+fn wasm_filter(plugin_config: &str, wasm: &Path) -> Value {
+    json!({
+        "name": "meshauthz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "meshauthz",
+                "root_id": "meshauthz",
+                "fail_open": false,
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config},
+                "vm_config": {
+                    "vm_id": "meshauthz",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": path(wasm)}},
+                },
+            },
+        },
+    })
+}
+
+fn inbound_listener(w: &Workload, port: u16, tls: Option<&ServerTlsPolicy>, authz: Option<&str>, wasm: &Path) -> Value {
+    let transport = tls.and_then(downstream_tls);
+    let mtls = tls.is_some_and(|t| t.mtls_policy.is_some()) && transport.is_some();
+    let mut filters = Vec::new();
+    if let Some(config) = authz {
+        filters.push(wasm_filter(config, wasm));
+    }
+    filters.push(router());
+    // With mTLS the peer's identity is forwarded in XFCC: by the meshauthz filter when it runs
+    // (it replaces whatever the client sent), else by Envoy itself.
+    let xfcc = if mtls && authz.is_none() {
+        json!({"forward_client_cert_details": "SANITIZE_SET", "set_current_client_cert_details": {"subject": true, "uri": true, "dns": true}})
+    } else {
+        json!({"forward_client_cert_details": "SANITIZE"})
+    };
+    let vhost = json!({"name": "inbound", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound-app"}}]});
+    let mut chain = json!({"filters": [hcm("inbound", vec![vhost], filters, xfcc)]});
+    if let Some(t) = transport {
+        chain["transport_socket"] = t;
+    }
+    json!({"name": "inbound", "address": socket(w.address, port), "filter_chains": [chain]})
+}
+
+fn gateway_listener<'r>(
+    w: &Workload,
+    g: &Gateway,
+    port: u16,
+    tls: Option<&ServerTlsPolicy>,
+    routes: &[&'r HttpRoute],
+    backends_used: &mut Vec<&'r str>,
+) -> Value {
+    let vhosts = virtual_hosts(routes, backends_used);
+    // The gateway is the edge: it trusts no client-supplied forwarding headers.
+    let extra = json!({"use_remote_address": true, "forward_client_cert_details": "SANITIZE"});
+    let mut chain = json!({"filters": [hcm(&format!("gateway_{}_{port}", g.name), vhosts, vec![router()], extra)]});
+    if let Some(t) = tls.and_then(downstream_tls) {
+        chain["transport_socket"] = t;
+    }
+    json!({"name": format!("gateway-{}-{port}", g.name), "address": socket(w.address, port), "filter_chains": [chain]})
+}
+
+fn static_cluster(name: &str, endpoints: &[(std::net::Ipv4Addr, u16)], tls: Option<Value>) -> Value {
+    let lb: Vec<Value> = endpoints
+        .iter()
+        .map(|&(a, p)| json!({"endpoint": {"address": socket(a, p)}}))
+        .collect();
+    let mut c = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}]},
+    });
+    if let Some(t) = tls {
+        c["transport_socket"] = t;
+    }
+    c
+}
