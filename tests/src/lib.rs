@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod demo;
 pub mod echo;
 pub mod envoy;
 pub mod http;

@@ -239,8 +239,24 @@ fn run_tests(cmd: &mut Command) -> Result<Totals> {
     }
 }
 
-fn demo(_args: &[String]) -> Result {
-    Err("the demo is not built yet (issue 4)".into())
+/// The guide's walkthrough on loopback (the `meshauthz-demo` binary of the tests crate).
+fn demo(args: &[String]) -> Result {
+    setup()?;
+    let wasm = build()?;
+    let envoy = envoy_binary().ok_or("no Envoy after setup")?;
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "meshauthz-tests",
+            "--bin",
+            "meshauthz-demo",
+            "--",
+        ])
+        .args(args)
+        .env("MESHAUTHZ_ENVOY", envoy)
+        .env("MESHAUTHZ_FILTER_WASM", wasm))
 }
 
 fn bench(_args: &[String]) -> Result {
