@@ -1,8 +1,8 @@
 //! Resources + workloads -> one Envoy bootstrap per proxy, as Traffic Director would program it.
 //!
-//! - `google_cloud_private_spiffe` becomes two static SDS secrets read from the workload's
-//!   credentials directory (GKE layout) with `watched_directory`, so rotated files are picked up
-//!   without a restart.
+//! - `google_cloud_private_spiffe` becomes two filesystem SDS secrets (files written beside the
+//!   bootstrap) that point into the workload's credentials directory (GKE layout); Envoy watches
+//!   that directory, so rotated credentials are picked up without a restart.
 //! - A sidecar in a mesh gets an outbound listener on the mesh's `interceptionPort`, with one
 //!   virtual host per HTTPRoute attached to the mesh; a route's backend service becomes a cluster
 //!   of the workloads that are its endpoints, with upstream mTLS (client certificate, server SAN
@@ -30,21 +30,49 @@ pub const SPIFFE_PLUGIN: &str = "google_cloud_private_spiffe";
 const CERT_SECRET: &str = "mesh-certificate";
 const CA_SECRET: &str = "mesh-trust-bundle";
 
-/// Where generated bootstraps point at files.
+/// Where generated bootstraps point at files. All paths should be absolute: Envoy resolves
+/// them from its own working directory.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// `<certs_dir>/<workload name>/` holds each workload's credentials.
     pub certs_dir: PathBuf,
     /// The meshauthz filter.
     pub wasm: PathBuf,
+    /// Where the bootstraps and their SDS files will be written.
+    pub output_dir: PathBuf,
 }
 
-/// One generated bootstrap.
+/// One generated bootstrap, with the SDS files it reads.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {
     pub workload: String,
     pub yaml: String,
     pub admin: (std::net::Ipv4Addr, u16),
+    /// (path, content) of the filesystem SDS resources, under the output directory.
+    pub sds_files: Vec<(PathBuf, String)>,
+}
+
+impl Bootstrap {
+    /// The bootstrap's own path under the output directory.
+    pub fn path(&self, opts: &Options) -> PathBuf {
+        opts.output_dir.join(format!("{}.yaml", self.workload))
+    }
+
+    /// Writes the SDS files, then the bootstrap, each atomically.
+    pub fn write(&self, opts: &Options) -> Result<PathBuf, crate::ca::CaError> {
+        for (path, content) in &self.sds_files {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| crate::ca::CaError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            crate::ca::write_file(path, content, 0o644)?;
+        }
+        let path = self.path(opts);
+        crate::ca::write_file(&path, &self.yaml, 0o644)?;
+        Ok(path)
+    }
 }
 
 fn fail(file: &str, message: impl Into<String>) -> ResourceError {
@@ -288,7 +316,7 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<V
                             Some(cfg.as_str())
                         }
                     };
-                    listeners.push(inbound_listener(w, app_port, tls, authz, &opts.wasm));
+                    listeners.push(inbound_listener(w, app_port, tls, authz, opts));
                     app_cluster = Some(static_cluster("inbound-app", &[(app_addr, app_port)], None));
                 } else if mesh.is_none() {
                     return Err(fail(
@@ -323,7 +351,15 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<V
                         .collect();
                     let tls = g.server_tls_policy.as_deref().and_then(|r| model.server_tls_of(r));
                     for &port in &g.ports {
-                        listeners.push(gateway_listener(w, g, port, tls, &routes, &mut backends_used));
+                        listeners.push(gateway_listener(
+                            w,
+                            g,
+                            port,
+                            tls,
+                            &SecretFiles::of(w, opts),
+                            &routes,
+                            &mut backends_used,
+                        ));
                     }
                 }
             }
@@ -377,27 +413,28 @@ fn assemble(
                     kind::CLIENT_TLS,
                 )?;
                 let policy = model.client_tls.get(policy_name).map(|(_, p)| *p);
-                policy.map(|p| upstream_tls(p, &s.subject_alt_names))
+                policy.map(|p| upstream_tls(p, &s.subject_alt_names, &SecretFiles::of(w, opts)))
             }
         };
         clusters.push(static_cluster(name, &endpoints, tls));
     }
-    let certs = opts.certs_dir.join(&w.name);
     let admin_port = w.admin_port.unwrap_or(15000);
     let bootstrap = json!({
         "node": {"id": format!("{}.{}", w.name, wl.namespace), "cluster": w.name},
         "admin": {"address": socket(w.address, admin_port)},
-        "static_resources": {
-            "listeners": listeners,
-            "clusters": clusters,
-            "secrets": secrets(&certs),
-        },
+        "static_resources": {"listeners": listeners, "clusters": clusters},
     });
-    let yaml = serde_yaml_ng::to_string(&bootstrap).map_err(|e| fail("bootstrap", e.to_string()))?;
+    let to_yaml = |v: &Value| serde_yaml_ng::to_string(v).map_err(|e| fail("bootstrap", e.to_string()));
+    let secrets = SecretFiles::of(w, opts);
+    let sds_files = vec![
+        (secrets.cert_sds.clone(), to_yaml(&secrets.cert_resource())?),
+        (secrets.ca_sds.clone(), to_yaml(&secrets.ca_resource())?),
+    ];
     Ok(Bootstrap {
         workload: w.name.clone(),
-        yaml,
+        yaml: to_yaml(&bootstrap)?,
         admin: (w.address, admin_port),
+        sds_files,
     })
 }
 
@@ -409,25 +446,62 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// The mesh certificate and trust bundle, watched so that rotation needs no restart.
-fn secrets(dir: &Path) -> Value {
-    json!([
-        {
+/// Where one workload's secrets come from: filesystem SDS resources (beside its bootstrap)
+/// pointing into its credentials directory.
+struct SecretFiles {
+    certs: PathBuf,
+    cert_sds: PathBuf,
+    ca_sds: PathBuf,
+}
+
+impl SecretFiles {
+    fn of(w: &Workload, opts: &Options) -> SecretFiles {
+        let sds = opts.output_dir.join(format!("{}.sds", w.name));
+        SecretFiles {
+            certs: opts.certs_dir.join(&w.name),
+            cert_sds: sds.join("mesh-certificate.yaml"),
+            ca_sds: sds.join("mesh-trust-bundle.yaml"),
+        }
+    }
+
+    fn cert_resource(&self) -> Value {
+        json!({"resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
             "name": CERT_SECRET,
             "tls_certificate": {
-                "certificate_chain": {"filename": path(&dir.join(crate::ca::CERTIFICATES))},
-                "private_key": {"filename": path(&dir.join(crate::ca::PRIVATE_KEY))},
-                "watched_directory": {"path": path(dir)},
-            }
-        },
-        {
+                "certificate_chain": {"filename": path(&self.certs.join(crate::ca::CERTIFICATES))},
+                "private_key": {"filename": path(&self.certs.join(crate::ca::PRIVATE_KEY))},
+            },
+        }]})
+    }
+
+    fn ca_resource(&self) -> Value {
+        json!({"resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
             "name": CA_SECRET,
-            "validation_context": {
-                "trusted_ca": {"filename": path(&dir.join(crate::ca::CA_CERTIFICATES))},
-                "watched_directory": {"path": path(dir)},
-            }
-        }
-    ])
+            "validation_context": {"trusted_ca": {"filename": path(&self.certs.join(crate::ca::CA_CERTIFICATES))}},
+        }]})
+    }
+
+    /// An `SdsSecretConfig` reading `file`, reloaded whenever something is moved into the
+    /// credentials directory: the way GKE's mount (and `envoy-config ca rotate`) replaces files.
+    fn reference(&self, name: &str, file: &Path) -> Value {
+        json!({
+            "name": name,
+            "sds_config": {
+                "resource_api_version": "V3",
+                "path_config_source": {"path": path(file), "watched_directory": {"path": path(&self.certs)}},
+            },
+        })
+    }
+
+    fn cert_ref(&self) -> Value {
+        self.reference(CERT_SECRET, &self.cert_sds)
+    }
+
+    fn ca_ref(&self) -> Value {
+        self.reference(CA_SECRET, &self.ca_sds)
+    }
 }
 
 fn router() -> Value {
@@ -499,12 +573,12 @@ fn outbound_listener<'r>(w: &Workload, port: u16, routes: &[&'r HttpRoute], back
     })
 }
 
-fn downstream_tls(tls: &ServerTlsPolicy) -> Option<Value> {
+fn downstream_tls(tls: &ServerTlsPolicy, secrets: &SecretFiles) -> Option<Value> {
     tls.server_certificate.as_ref()?;
-    let mut ctx = json!({"tls_certificate_sds_secret_configs": [{"name": CERT_SECRET}]});
+    let mut ctx = json!({"tls_certificate_sds_secret_configs": [secrets.cert_ref()]});
     let mtls = tls.mtls_policy.is_some();
     if mtls {
-        ctx["validation_context_sds_secret_config"] = json!({"name": CA_SECRET});
+        ctx["validation_context_sds_secret_config"] = secrets.ca_ref();
     }
     Some(json!({
         "name": "envoy.transport_sockets.tls",
@@ -516,10 +590,10 @@ fn downstream_tls(tls: &ServerTlsPolicy) -> Option<Value> {
     }))
 }
 
-fn upstream_tls(policy: &ClientTlsPolicy, sans: &[String]) -> Value {
+fn upstream_tls(policy: &ClientTlsPolicy, sans: &[String], secrets: &SecretFiles) -> Value {
     let mut ctx = json!({});
     if policy.client_certificate.is_some() {
-        ctx["tls_certificate_sds_secret_configs"] = json!([{"name": CERT_SECRET}]);
+        ctx["tls_certificate_sds_secret_configs"] = json!([secrets.cert_ref()]);
     }
     if !policy.server_validation_ca.is_empty() {
         let matchers: Vec<Value> = sans
@@ -528,7 +602,7 @@ fn upstream_tls(policy: &ClientTlsPolicy, sans: &[String]) -> Value {
             .collect();
         ctx["combined_validation_context"] = json!({
             "default_validation_context": {"match_typed_subject_alt_names": matchers},
-            "validation_context_sds_secret_config": {"name": CA_SECRET},
+            "validation_context_sds_secret_config": secrets.ca_ref(),
         });
     }
     let mut tls = json!({
@@ -561,8 +635,15 @@ fn wasm_filter(plugin_config: &str, wasm: &Path) -> Value {
     })
 }
 
-fn inbound_listener(w: &Workload, port: u16, tls: Option<&ServerTlsPolicy>, authz: Option<&str>, wasm: &Path) -> Value {
-    let transport = tls.and_then(downstream_tls);
+fn inbound_listener(
+    w: &Workload,
+    port: u16,
+    tls: Option<&ServerTlsPolicy>,
+    authz: Option<&str>,
+    opts: &Options,
+) -> Value {
+    let transport = tls.and_then(|t| downstream_tls(t, &SecretFiles::of(w, opts)));
+    let wasm = &opts.wasm;
     let mtls = tls.is_some_and(|t| t.mtls_policy.is_some()) && transport.is_some();
     let mut filters = Vec::new();
     if let Some(config) = authz {
@@ -589,6 +670,7 @@ fn gateway_listener<'r>(
     g: &Gateway,
     port: u16,
     tls: Option<&ServerTlsPolicy>,
+    secrets: &SecretFiles,
     routes: &[&'r HttpRoute],
     backends_used: &mut Vec<&'r str>,
 ) -> Value {
@@ -596,7 +678,7 @@ fn gateway_listener<'r>(
     // The gateway is the edge: it trusts no client-supplied forwarding headers.
     let extra = json!({"use_remote_address": true, "forward_client_cert_details": "SANITIZE"});
     let mut chain = json!({"filters": [hcm(&format!("gateway_{}_{port}", g.name), vhosts, vec![router()], extra)]});
-    if let Some(t) = tls.and_then(downstream_tls) {
+    if let Some(t) = tls.and_then(|t| downstream_tls(t, secrets)) {
         chain["transport_socket"] = t;
     }
     json!({"name": format!("gateway-{}-{port}", g.name), "address": socket(w.address, port), "filter_chains": [chain]})

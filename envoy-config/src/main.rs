@@ -145,6 +145,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
             let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
             let opts = Options {
+                output_dir: abs(output.clone()),
                 certs_dir: abs(certs_dir),
                 wasm: abs(wasm),
             };
@@ -152,8 +153,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let bootstraps = generate::generate(&res, &wl, &opts).map_err(|e| e.to_string())?;
             std::fs::create_dir_all(&output).map_err(|e| format!("{}: {e}", output.display()))?;
             for b in &bootstraps {
-                let path = output.join(format!("{}.yaml", b.workload));
-                ca::write_file(&path, &b.yaml, 0o644).map_err(|e| e.to_string())?;
+                let path = b.write(&opts).map_err(|e| e.to_string())?;
                 println!("{}", path.display());
             }
             Ok(ExitCode::SUCCESS)

@@ -164,9 +164,11 @@ impl Mesh {
         for f in files {
             res.add_file(&guide_dir().join(f)).map_err(|e| e.to_string())?;
         }
+        let out = self.dir.join(format!("step{step}"));
         let opts = Options {
             certs_dir: self.dir.join("certs"),
             wasm: crate::filter_wasm(),
+            output_dir: out.clone(),
         };
         // As in the guide, the gateway deployment exists only once its Gateway does.
         let mut pods = self.workloads.clone();
@@ -174,11 +176,9 @@ impl Mesh {
             pods.workloads.retain(|w| w.proxy != ProxyRole::Gateway);
         }
         let bootstraps = generate(&res, &pods, &opts).map_err(|e| e.to_string())?;
-        let out = self.dir.join(format!("step{step}"));
         std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
         for b in bootstraps {
-            let path = out.join(format!("{}.yaml", b.workload));
-            std::fs::write(&path, &b.yaml).map_err(|e| e.to_string())?;
+            let path = b.write(&opts).map_err(|e| e.to_string())?;
             let envoy = Envoy::start(&path, b.admin.into(), &out.join(format!("{}.log", b.workload)))?;
             self.proxies.push(envoy);
         }
