@@ -11,6 +11,7 @@ mod check;
 pub mod diag;
 pub mod emit;
 mod parse;
+pub mod rbac;
 
 use std::path::Path;
 

@@ -31,6 +31,8 @@ enum Emit {
     PluginConfig,
     /// A readable JSON dump of the table.
     Json,
+    /// Envoy's native RBAC HTTP filters (JSON) for the same policies.
+    EnvoyRbac,
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,6 +134,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 Emit::Json => emit::json_dump(&table)
                     .map_err(|e| format!("internal error: {e}"))?
                     .into_bytes(),
+                Emit::EnvoyRbac => meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set).into_bytes(),
             };
             if output == Path::new("-") {
                 use std::io::Write;

@@ -1,4 +1,5 @@
-//! Golden tests: `testdata/<case>.yaml` -> `testdata/<case>.json` (the table's readable dump),
+//! Golden tests: `testdata/<case>.yaml` -> `testdata/<case>.json` (the table's readable dump) and
+//! `testdata/<case>.rbac.json` (the native Envoy RBAC equivalent),
 //! `testdata/errors/<case>.yaml` -> `testdata/errors/<case>.err` (the CLI's diagnostics, exit 2).
 //! `UPDATE_GOLDEN=1 cargo test -p meshauthz-policy-compiler` rewrites the expected files; a
 //! mismatch is shown as a line diff.
@@ -86,6 +87,10 @@ fn dumps_match_golden_files() {
         let compiled = compile_files(&[&case], true).unwrap_or_else(|e| panic!("{}:\n{e}", case.display()));
         let dump = emit::json_dump(&compiled.table_bytes()).expect("own table decodes");
         if let Err(e) = check_golden(&case.with_extension("json"), &dump) {
+            failures.push(e);
+        }
+        let rbac = meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set);
+        if let Err(e) = check_golden(&case.with_extension("rbac.json"), &rbac) {
             failures.push(e);
         }
     }

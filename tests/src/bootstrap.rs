@@ -8,11 +8,14 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub name: String,
+    pub ip: std::net::Ipv4Addr,
     pub port: u16,
     /// Directory with certificates.pem, private_key.pem, ca_certificates.pem; `None`: plaintext.
     pub tls: Option<std::path::PathBuf>,
     /// The filter's plugin configuration JSON; `None`: no meshauthz filter.
     pub plugin_config: Option<String>,
+    /// Native RBAC filters (`policy-compiler --emit envoy-rbac`) to run instead.
+    pub rbac_filters: Option<String>,
     /// HCM `forward_client_cert_details`; `SANITIZE` (Envoy's default) leaves XFCC to us.
     pub forward_client_cert: &'static str,
 }
@@ -24,7 +27,7 @@ impl Listener {
             y,
             r#"
   - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    address: {{socket_address: {{address: {ip}, port_value: {port}}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -40,11 +43,19 @@ impl Listener {
               routes: [{{match: {{prefix: "/"}}, route: {{cluster: {cluster}}}}}]
           http_filters:"#,
             name = self.name,
+            ip = self.ip,
             port = self.port,
             fcc = self.forward_client_cert,
         );
         if let Some(config) = &self.plugin_config {
             let _ = write!(y, "{}", wasm_filter_yaml(wasm, config, "          "));
+        }
+        if let Some(rbac) = &self.rbac_filters {
+            // JSON is YAML: one flow mapping per filter.
+            let filters: Vec<serde_json::Value> = serde_json::from_str(rbac).unwrap_or_default();
+            for f in filters {
+                let _ = write!(y, "\n          - {f}");
+            }
         }
         let _ = write!(
             y,

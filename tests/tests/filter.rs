@@ -95,7 +95,9 @@ impl Fixture {
         );
         let listener = |name: &str, port, tls: bool, config: Option<&String>, fcc| Listener {
             name: name.into(),
+            ip,
             port,
+            rbac_filters: None,
             tls: tls.then(|| server.clone()),
             plugin_config: config.cloned(),
             forward_client_cert: fcc,
@@ -273,6 +275,8 @@ fn refuses(plugin_config: &str, expect_in_log: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let l = Listener {
         name: "bad".into(),
+        ip: Ipv4Addr::LOCALHOST,
+        rbac_filters: None,
         port: free_port(Ipv4Addr::LOCALHOST),
         tls: None,
         plugin_config: Some(plugin_config.into()),
@@ -328,6 +332,8 @@ fn policy_update_applies_while_requests_flow() {
         let yaml = policy_yaml("authz-policy", &[port]).replace("methods: [GET]", &format!("methods: [{method}]"));
         Listener {
             name: "inbound".into(),
+            ip: Ipv4Addr::LOCALHOST,
+            rbac_filters: None,
             port,
             tls: Some(server.clone()),
             plugin_config: Some(config_for(&yaml, Mode::Enforce, Xfcc::SanitizeSet)),

@@ -1,0 +1,146 @@
+//! `--emit envoy-rbac`: the same policy set as Envoy's native RBAC HTTP filter
+//! (`envoy.filters.http.rbac`), for side-by-side measurement and differential testing.
+//!
+//! One RBAC filter per action, DENY first: Envoy's RBAC engine has one action per filter, and
+//! running the DENY filter before the ALLOW filter gives meshauthz's combination rule (any DENY
+//! match denies; else, with ALLOW policies, a match is required). Each (policy, rule) becomes an
+//! Envoy policy named `<policy>/<rule>`.
+//!
+//! Where Envoy cannot say the same thing, the closest expression is used (see SEMANTICS.md,
+//! "Native RBAC differences"):
+//! - hosts: Envoy compares `:authority` raw, so host normalization is folded into a
+//!   case-insensitive regex that also accepts one trailing dot and a `:port`;
+//! - principals: Envoy's `authenticated.principal_name` matches any URI SAN (then DNS SANs, then
+//!   the subject), not only the single URI SAN of an X.509-SVID;
+//! - the decision is the same, but which rule decided is not reported the same way.
+
+use meshauthz_table::{Action, Destination, Pattern, Policy, PolicySet, Rule, Source};
+use serde_json::{Value, json};
+
+/// The HTTP filter entries (JSON, valid YAML) to put before the router, in order.
+pub fn envoy_rbac(set: &PolicySet) -> String {
+    let filters: Vec<Value> = [Action::Deny, Action::Allow]
+        .into_iter()
+        .filter_map(|action| {
+            let policies: Vec<&Policy> = set.policies.iter().filter(|p| p.action == action).collect();
+            (!policies.is_empty()).then(|| rbac_filter(action, &policies))
+        })
+        .collect();
+    format!("{:#}\n", Value::Array(filters))
+}
+
+fn rbac_filter(action: Action, policies: &[&Policy]) -> Value {
+    let mut map = serde_json::Map::new();
+    for p in policies {
+        if p.rules.is_empty() {
+            map.insert(
+                format!("{}/all", p.name),
+                json!({"permissions": [{"any": true}], "principals": [{"any": true}]}),
+            );
+        }
+        for (i, rule) in p.rules.iter().enumerate() {
+            map.insert(format!("{}/{i}", p.name), envoy_policy(rule));
+        }
+    }
+    json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": action.as_str(), "policies": map},
+        },
+    })
+}
+
+fn envoy_policy(rule: &Rule) -> Value {
+    let permissions: Vec<Value> = if rule.destinations.is_empty() {
+        vec![json!({"any": true})]
+    } else {
+        rule.destinations.iter().map(permission).collect()
+    };
+    let principals: Vec<Value> = if rule.sources.is_empty() {
+        vec![json!({"any": true})]
+    } else {
+        rule.sources.iter().map(principal).collect()
+    };
+    json!({"permissions": permissions, "principals": principals})
+}
+
+fn or_rules(rules: Vec<Value>) -> Value {
+    if rules.len() == 1 {
+        rules.into_iter().next().unwrap_or(Value::Null)
+    } else {
+        json!({"or_rules": {"rules": rules}})
+    }
+}
+
+fn or_ids(ids: Vec<Value>) -> Value {
+    if ids.len() == 1 {
+        ids.into_iter().next().unwrap_or(Value::Null)
+    } else {
+        json!({"or_ids": {"ids": ids}})
+    }
+}
+
+fn header_regex(name: &str, regex: &str) -> Value {
+    json!({"header": {"name": name, "string_match": {"safe_regex": {"regex": regex}}}})
+}
+
+/// Host normalization as a regex over the raw `:authority`.
+fn host_rule(p: &Pattern) -> Value {
+    const TAIL: &str = r"\.?(:[0-9]+)?";
+    let lit = |s: &str| regex::escape(s);
+    match p {
+        Pattern::Any => json!({"any": true}),
+        Pattern::Exact(h) => header_regex(":authority", &format!("(?i:{}){TAIL}", lit(h))),
+        Pattern::Prefix(h) => header_regex(":authority", &format!("(?i:{}).*", lit(h))),
+        Pattern::Suffix(h) => header_regex(":authority", &format!("(?i:.*{}){TAIL}", lit(h))),
+    }
+}
+
+fn permission(d: &Destination) -> Value {
+    let mut and = vec![
+        or_rules(d.hosts.iter().map(host_rule).collect()),
+        or_rules(d.ports.iter().map(|p| json!({"destination_port": p})).collect()),
+    ];
+    if !d.methods.is_empty() {
+        and.push(or_rules(
+            d.methods
+                .iter()
+                .map(|m| json!({"header": {"name": ":method", "string_match": {"exact": m}}}))
+                .collect(),
+        ));
+    }
+    if let Some(h) = &d.header {
+        and.push(header_regex(&h.name, &h.regex));
+    }
+    json!({"and_rules": {"rules": and}})
+}
+
+fn principal_id(p: &Pattern) -> Value {
+    match p {
+        Pattern::Any => json!({"authenticated": {}}),
+        Pattern::Exact(s) => json!({"authenticated": {"principal_name": {"exact": s}}}),
+        Pattern::Prefix(s) => json!({"authenticated": {"principal_name": {"prefix": s}}}),
+        Pattern::Suffix(s) => json!({"authenticated": {"principal_name": {"suffix": s}}}),
+    }
+}
+
+fn principal(s: &Source) -> Value {
+    let mut and = Vec::new();
+    if !s.principals.is_empty() {
+        and.push(or_ids(s.principals.iter().map(principal_id).collect()));
+    }
+    if !s.ip_blocks.is_empty() {
+        and.push(or_ids(
+            s.ip_blocks
+                .iter()
+                .map(|n| json!({"direct_remote_ip": {"address_prefix": n.addr().to_string(), "prefix_len": n.prefix_len()}}))
+                .collect(),
+        ));
+    }
+    if and.len() == 1 {
+        and.into_iter().next().unwrap_or(Value::Null)
+    } else {
+        json!({"and_ids": {"ids": and}})
+    }
+}
