@@ -58,6 +58,8 @@ struct Shared {
     /// `None` until a valid configuration arrives: requests are then denied.
     config: Option<Rc<FilterConfig>>,
     stats: Option<Rc<Stats>>,
+    /// Counters of replaced configurations, flushed until no stream holds them any more.
+    retired_stats: Vec<Rc<Stats>>,
     peers: HashMap<Vec<u8>, Rc<Peer>>,
 }
 
@@ -70,22 +72,29 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        let started = self.get_current_time();
         let bytes = self.get_plugin_configuration();
         match FilterConfig::parse(bytes.as_deref()) {
             Ok(config) => {
                 let stats = Stats::define(&config.table);
+                let elapsed = self.get_current_time().duration_since(started).unwrap_or_default();
                 info!(
-                    "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?}",
+                    "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?} configure_ms={:.3}",
                     config.table.policy_count(),
                     config.table.rule_count(),
                     config.mode,
-                    config.xfcc
+                    config.xfcc,
+                    elapsed.as_secs_f64() * 1000.0
                 );
                 let mut shared = self.shared.borrow_mut();
                 // Contexts already created keep the configuration they started with, so a
                 // request in flight finishes under one table.
                 shared.config = Some(Rc::new(config));
-                shared.stats = Some(Rc::new(stats));
+                if let Some(old) = shared.stats.replace(Rc::new(stats)) {
+                    shared.retired_stats.push(old);
+                }
+                drop(shared);
+                self.set_tick_period(stats::FLUSH_PERIOD);
                 true
             }
             Err(e) => {
@@ -93,6 +102,17 @@ impl RootContext for Root {
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        let mut shared = self.shared.borrow_mut();
+        if let Some(s) = &shared.stats {
+            s.flush();
+        }
+        shared.retired_stats.retain(|s| {
+            s.flush();
+            Rc::strong_count(s) > 1
+        });
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

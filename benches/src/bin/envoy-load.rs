@@ -1,0 +1,383 @@
+//! The Envoy load benchmark behind `cargo xtask bench`: the same traffic through a server Envoy
+//! (`--concurrency 1`, direct response) with (a) no authorization filter, (b) native RBAC from
+//! `--emit envoy-rbac`, (c) a proxy-wasm filter that only returns Continue, (d) meshauthz;
+//! for policies of several sizes, half the requests allowed and half denied. Clients reach it
+//! over mTLS through a client sidecar Envoy, as in the guide.
+//!
+//! Variants are interleaved and repeated within one run so that the ratios are comparable on a
+//! noisy machine. Output: a JSON array of measurements on stdout (one object per variant, size
+//! and round).
+//!
+//! Usage: envoy-load --wasm MESHAUTHZ.wasm --noop-wasm NOOP.wasm [--sizes 1,100,1000,10000]
+//!        [--rounds 2] [--seconds 4] [--rate 400]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
+use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
+use meshauthz_policy_compiler::{compile_sources, rbac::envoy_rbac};
+use meshauthz_tests::{Envoy, free_port};
+use serde_json::json;
+
+const CLIENT_ID: &str = "spiffe://bench.svc.id.goog/ns/default/sa/demo-client";
+const SERVER_ID: &str = "spiffe://bench.svc.id.goog/ns/default/sa/demo-server";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Variant {
+    NoFilter,
+    NativeRbac,
+    NoopWasm,
+    Meshauthz,
+}
+
+impl Variant {
+    const ALL: [Variant; 4] = [
+        Variant::NoFilter,
+        Variant::NativeRbac,
+        Variant::NoopWasm,
+        Variant::Meshauthz,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::NoFilter => "none",
+            Variant::NativeRbac => "rbac",
+            Variant::NoopWasm => "noop_wasm",
+            Variant::Meshauthz => "meshauthz",
+        }
+    }
+}
+
+struct Args {
+    wasm: PathBuf,
+    noop: PathBuf,
+    sizes: Vec<usize>,
+    rounds: usize,
+    seconds: u64,
+    rate: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        wasm: PathBuf::new(),
+        noop: PathBuf::new(),
+        sizes: vec![1, 100, 1000, 10000],
+        rounds: 2,
+        seconds: 4,
+        rate: 400,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--wasm" => a.wasm = value()?.into(),
+            "--noop-wasm" => a.noop = value()?.into(),
+            "--sizes" => {
+                a.sizes = value()?
+                    .split(',')
+                    .map(|s| s.parse().map_err(|e| format!("--sizes: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--rounds" => a.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if !a.wasm.is_file() || !a.noop.is_file() {
+        return Err("--wasm and --noop-wasm must name the built filters".into());
+    }
+    Ok(a)
+}
+
+/// N rules: N-1 for other workloads, then the one that allows the client's GET, last, so a
+/// linear scan walks all of them for every request (the POSTs match nothing).
+fn policy(rules: usize, port: u16) -> String {
+    let mut y = String::from("name: bench\naction: ALLOW\nrules:\n");
+    for i in 0..rules.saturating_sub(1) {
+        y += &format!(
+            "- sources: [{{principals: [\"spiffe://bench.svc.id.goog/ns/ns{}/sa/svc{i}\"]}}]\n  destinations: [{{hosts: [\"svc{i}.bench\"], ports: [{port}], methods: [GET]}}]\n",
+            i % 50
+        );
+    }
+    y += &format!(
+        "- sources: [{{principals: [\"{CLIENT_ID}\"]}}]\n  destinations: [{{hosts: [service-test], ports: [{port}], methods: [GET]}}]\n"
+    );
+    y
+}
+
+fn tls_files(dir: &Path) -> (String, String, String) {
+    let f = |n: &str| dir.join(n).display().to_string();
+    (f("certificates.pem"), f("private_key.pem"), f("ca_certificates.pem"))
+}
+
+fn server_bootstrap(admin: u16, port: u16, certs: &Path, filters: &str) -> String {
+    let (cert, key, ca) = tls_files(certs);
+    format!(
+        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: inbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
+            validation_context: {{trusted_ca: {{filename: {ca}}}}}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, direct_response: {{status: 200, body: {{inline_string: "ok"}}}}}}]
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    )
+}
+
+fn client_bootstrap(admin: u16, port: u16, server_port: u16, certs: &Path) -> String {
+    let (cert, key, ca) = tls_files(certs);
+    format!(
+        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          route_config:
+            virtual_hosts:
+            - name: service-test
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: server}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: server
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: server
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {server_port}}}}}}}}}]}}]
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
+          validation_context:
+            trusted_ca: {{filename: {ca}}}
+            match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: "{SERVER_ID}"}}}}]
+"#
+    )
+}
+
+fn wasm_filter(wasm: &Path, config: &str) -> String {
+    let json = config.replace('\n', " ").replace('\'', "''");
+    format!(
+        r#"
+          - name: wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                root_id: bench
+                configuration: {{"@type": type.googleapis.com/google.protobuf.StringValue, value: '{json}'}}
+                vm_config: {{runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: {}}}}}}}"#,
+        wasm.display()
+    )
+}
+
+fn filters_for(v: Variant, args: &Args, rules: usize, port: u16) -> Result<String, String> {
+    let compiled = compile_sources(&[("bench.yaml".into(), policy(rules, port))], false).map_err(|e| e.to_string())?;
+    Ok(match v {
+        Variant::NoFilter => String::new(),
+        Variant::NativeRbac => {
+            let filters: Vec<serde_json::Value> =
+                serde_json::from_str(&envoy_rbac(&compiled.set)).map_err(|e| e.to_string())?;
+            filters.iter().map(|f| format!("\n          - {f}")).collect()
+        }
+        Variant::NoopWasm => wasm_filter(&args.noop, "{}"),
+        Variant::Meshauthz => wasm_filter(
+            &args.wasm,
+            &plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet),
+        ),
+    })
+}
+
+/// wrk at full speed: requests per second.
+fn throughput(port: u16, seconds: u64, script: &Path) -> Result<f64, String> {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c16", &format!("-d{seconds}s"), "-s"])
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .map_err(|e| format!("wrk: {e} (cargo xtask bench installs it)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
+        .ok_or_else(|| format!("no Requests/sec in wrk output:\n{text}"))
+}
+
+/// A fixed request rate over 4 keep-alive connections: (p50, p99) latency in microseconds and
+/// the share of 200s (the rest must be 403s).
+fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<(f64, f64, f64), String> {
+    let conns = 4u64;
+    let interval = Duration::from_micros(1_000_000 * conns / rate.max(1));
+    let handles: Vec<_> = (0..conns)
+        .map(|c| {
+            std::thread::spawn(move || -> Result<(Vec<u64>, u64), String> {
+                let addr: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(|e| e.to_string())?;
+                s.set_nodelay(true).map_err(|e| e.to_string())?;
+                let mut reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+                let (mut lat, mut ok) = (Vec::new(), 0u64);
+                let end = Instant::now() + Duration::from_secs(seconds);
+                let mut next = Instant::now() + interval * (c as u32) / (conns as u32);
+                let mut n = c;
+                while next < end {
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let method = if n % 2 == 0 { "GET" } else { "POST" };
+                    n += 1;
+                    let start = Instant::now();
+                    write!(
+                        s,
+                        "{method} / HTTP/1.1\r\nHost: service-test\r\nContent-Length: 0\r\n\r\n"
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let mut status = String::new();
+                    reader.read_line(&mut status).map_err(|e| e.to_string())?;
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).map_err(|e| e.to_string())?;
+                        if line == "\r\n" || line.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).map_err(|e| e.to_string())?;
+                    lat.push(start.elapsed().as_micros() as u64);
+                    ok += u64::from(status.contains(" 200 "));
+                    next += interval;
+                }
+                Ok((lat, ok))
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut ok = 0;
+    for h in handles {
+        let (lat, o) = h.join().map_err(|_| "latency thread panicked".to_owned())??;
+        all.extend(lat);
+        ok += o;
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64;
+    Ok((pct(0.50), pct(0.99), ok as f64 / all.len().max(1) as f64))
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("envoy-load: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = parse_args()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ca = MeshCa::generate("TestCorpLLC").map_err(|e| e.to_string())?;
+    let (server_certs, client_certs) = (dir.path().join("server"), dir.path().join("client"));
+    ca.issue(&LeafSpec::svid(SERVER_ID))
+        .and_then(|c| c.write_to(&server_certs))
+        .map_err(|e| e.to_string())?;
+    ca.issue(&LeafSpec::svid(CLIENT_ID))
+        .and_then(|c| c.write_to(&client_certs))
+        .map_err(|e| e.to_string())?;
+    let script = dir.path().join("alternate.lua");
+    std::fs::write(
+        &script,
+        "local n = 0\nrequest = function()\n  n = n + 1\n  local m = (n % 2 == 0) and \"GET\" or \"POST\"\n  return wrk.format(m, \"/\", {[\"Host\"] = \"service-test\", [\"Content-Length\"] = \"0\"})\nend\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let server_port = free_port(Ipv4Addr::LOCALHOST);
+    let (client_port, client_admin) = (free_port(Ipv4Addr::LOCALHOST), free_port(Ipv4Addr::LOCALHOST));
+    let client_boot = dir.path().join("client.yaml");
+    std::fs::write(
+        &client_boot,
+        client_bootstrap(client_admin, client_port, server_port, &client_certs),
+    )
+    .map_err(|e| e.to_string())?;
+    let _client = Envoy::start(
+        &client_boot,
+        (Ipv4Addr::LOCALHOST, client_admin).into(),
+        &dir.path().join("client.log"),
+    )?;
+    let mut results = Vec::new();
+    for round in 0..args.rounds {
+        for &size in &args.sizes {
+            for v in Variant::ALL {
+                let admin = free_port(Ipv4Addr::LOCALHOST);
+                let boot = dir.path().join(format!("server-{}-{size}.yaml", v.name()));
+                let filters = filters_for(v, &args, size, server_port)?;
+                std::fs::write(&boot, server_bootstrap(admin, server_port, &server_certs, &filters))
+                    .map_err(|e| e.to_string())?;
+                let log = dir.path().join(format!("server-{}-{size}-{round}.log", v.name()));
+                let started = Instant::now();
+                let server = Envoy::start(&boot, (Ipv4Addr::LOCALHOST, admin).into(), &log)?;
+                let startup_ms = started.elapsed().as_millis();
+                // Warm-up: connections, V8 tiers, the identity cache.
+                let _ = fixed_rate(client_port, args.rate, 1)?;
+                let rps = throughput(client_port, args.seconds, &script)?;
+                let (p50, p99, allowed) = fixed_rate(client_port, args.rate, args.seconds)?;
+                let configure_ms = server
+                    .log_text()
+                    .lines()
+                    .filter_map(|l| {
+                        l.split("configure_ms=")
+                            .nth(1)?
+                            .split_whitespace()
+                            .next()?
+                            .parse::<f64>()
+                            .ok()
+                    })
+                    .last();
+                let r = json!({"round": round, "rules": size, "variant": v.name(), "rps": rps, "p50_us": p50, "p99_us": p99,
+                    "allowed_share": allowed, "startup_ms": startup_ms, "configure_ms": configure_ms});
+                eprintln!("{r}");
+                results.push(r);
+                drop(server);
+            }
+        }
+    }
+    println!("{}", serde_json::Value::Array(results));
+    Ok(())
+}
