@@ -147,10 +147,6 @@ impl HttpContext for Stream {
         let principal = peer.as_ref().and_then(|p| p.identity.principal.as_deref());
         let authority = self.get_http_request_header(":authority").unwrap_or_default();
         let method = self.get_http_request_header(":method").unwrap_or_default();
-        let port = self
-            .get_property(vec!["destination", "port"])
-            .and_then(|b| le_u16(&b))
-            .unwrap_or(0);
         let source_ip = if config.table.uses_source_ip() {
             self.get_property(vec!["source", "address"]).and_then(|b| parse_ip(&b))
         } else {
@@ -158,13 +154,23 @@ impl HttpContext for Stream {
         };
         let header_values = self.referenced_headers(&config);
         let header_slots: Vec<Option<&str>> = header_values.iter().map(Option::as_deref).collect();
-        let decision = config.table.evaluate(&Request {
+        let request = Request {
             principal,
             source_ip,
             authority: &authority,
-            port,
+            port: 0,
             method: &method,
             headers: &header_slots,
+        };
+        // The port costs a host call: fetched only if a candidate rule gets as far as its ports.
+        let port = std::cell::Cell::new(None);
+        let decision = config.table.evaluate_with_port(&request, &|| {
+            let p = self
+                .get_property(vec!["destination", "port"])
+                .and_then(|b| le_u16(&b))
+                .unwrap_or(0);
+            port.set(Some(p));
+            p
         });
         if let Some(stats) = &self.stats {
             stats.record(&decision, config.mode);
@@ -172,12 +178,13 @@ impl HttpContext for Stream {
         let by = decision.by.map(|b| (config.table.policy_name(b.policy), b.rule));
         if log::log_enabled!(log::Level::Debug) {
             debug!(
-                "meshauthz: decision={} mode={:?} policy={} rule={} principal={} host={authority} port={port} method={method}",
+                "meshauthz: decision={} mode={:?} policy={} rule={} principal={} host={authority} port={} method={method}",
                 if decision.allowed { "allow" } else { "deny" },
                 config.mode,
                 by.map_or("none", |b| b.0),
                 by.and_then(|b| b.1).map_or("none".into(), |r| r.to_string()),
                 principal.unwrap_or("-"),
+                port.get().map_or("-".into(), |p| p.to_string()),
             );
         }
         if !decision.allowed && config.mode == Mode::Enforce {

@@ -9,7 +9,7 @@
 //! and round).
 //!
 //! Usage: envoy-load --wasm MESHAUTHZ.wasm --noop-wasm NOOP.wasm [--sizes 1,100,1000,10000]
-//!        [--rounds 2] [--seconds 4] [--rate 400]
+//!        [--rounds 2] [--seconds 4] [--rate 400] [--variants none,rbac,noop_wasm,meshauthz]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -59,6 +59,7 @@ struct Args {
     rounds: usize,
     seconds: u64,
     rate: u64,
+    variants: Vec<Variant>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         rounds: 2,
         seconds: 4,
         rate: 400,
+        variants: Variant::ALL.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,6 +87,18 @@ fn parse_args() -> Result<Args, String> {
             "--rounds" => a.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--variants" => {
+                let names = value()?;
+                a.variants = names
+                    .split(',')
+                    .map(|n| {
+                        Variant::ALL
+                            .into_iter()
+                            .find(|v| v.name() == n)
+                            .ok_or(format!("--variants: unknown {n}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -344,7 +358,7 @@ fn run() -> Result<(), String> {
     let mut results = Vec::new();
     for round in 0..args.rounds {
         for &size in &args.sizes {
-            for v in Variant::ALL {
+            for &v in &args.variants {
                 let admin = free_port(Ipv4Addr::LOCALHOST);
                 let boot = dir.path().join(format!("server-{}-{size}.yaml", v.name()));
                 let filters = filters_for(v, &args, size, server_port)?;

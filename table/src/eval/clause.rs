@@ -9,11 +9,28 @@ use crate::request::Request;
 use crate::spec::{Pattern, mask32, mask128};
 
 /// What one request looks like to the matchers: the raw request plus what the evaluator derived
-/// once (normalized host, canonical source IP).
+/// once (normalized host, canonical source IP), and the destination port, asked for only when a
+/// clause gets as far as needing it (in the filter it costs a host call).
 pub(crate) struct Ctx<'r> {
     pub req: &'r Request<'r>,
     pub host: &'r [u8],
     pub source_ip: Option<IpAddr>,
+    pub port_source: &'r dyn Fn() -> u16,
+    pub port: std::cell::Cell<Option<u16>>,
+}
+
+impl Ctx<'_> {
+    #[inline]
+    pub fn port(&self) -> u16 {
+        match self.port.get() {
+            Some(p) => p,
+            None => {
+                let p = (self.port_source)();
+                self.port.set(Some(p));
+                p
+            }
+        }
+    }
 }
 
 /// A pattern with its literal as bytes.
@@ -120,12 +137,13 @@ pub(crate) struct DestClause {
 
 impl DestClause {
     /// Host, port, method (if any) and header (if any). An empty clause (a rule without
-    /// destinations) matches everything.
+    /// destinations) matches everything. The port is checked after what the request already
+    /// carries, so a request that fails on method or host never has its port looked up.
     #[inline]
     pub fn matches(&self, ctx: &Ctx<'_>, regexes: &[Regex]) -> bool {
-        (self.ports.is_empty() || self.ports.contains(&ctx.req.port))
+        (self.methods.is_empty() || self.methods.iter().any(|m| &m[..] == ctx.req.method.as_bytes()))
             && (self.hosts.is_empty() || self.hosts.iter().any(|l| l.matches(ctx.host)))
-            && (self.methods.is_empty() || self.methods.iter().any(|m| &m[..] == ctx.req.method.as_bytes()))
+            && (self.ports.is_empty() || self.ports.contains(&ctx.port()))
             && self.header.is_none_or(|(slot, re)| {
                 let value = match slot {
                     HeaderSlot::Authority => Some(ctx.req.authority),

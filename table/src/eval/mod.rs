@@ -133,6 +133,12 @@ impl Table {
 
     /// Decides one request.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision {
+        self.evaluate_with_port(req, &|| req.port)
+    }
+
+    /// Decides one request whose destination port (ignoring [`Request::port`]) comes from
+    /// `port`, called at most once and only if some candidate rule gets as far as its ports.
+    pub fn evaluate_with_port(&self, req: &Request<'_>, port: &dyn Fn() -> u16) -> Decision {
         let mut host_buf = [0u8; host::MAX_HOST_STACK];
         let host = normalize_host(req.authority, &mut host_buf);
         let source_ip: Option<IpAddr> = req.source_ip.map(canonical_ip);
@@ -140,6 +146,8 @@ impl Table {
             req,
             host: &host,
             source_ip,
+            port_source: port,
+            port: std::cell::Cell::new(None),
         };
 
         let mut src = KeyBuf::new();
