@@ -259,6 +259,81 @@ fn demo(args: &[String]) -> Result {
         .env("MESHAUTHZ_FILTER_WASM", wasm))
 }
 
-fn bench(_args: &[String]) -> Result {
-    run(cargo().args(["bench", "-p", "meshauthz-benches"]))
+/// Criterion micro-benchmarks and the Envoy load benchmark, in one run, written into
+/// BENCHMARKS.md. Arguments after `bench` go to the load driver (`--sizes`, `--rounds`, ...);
+/// `--no-criterion` skips the micro-benchmarks.
+fn bench(args: &[String]) -> Result {
+    setup()?;
+    install_load_generators()?;
+    let wasm = build()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "-p",
+        "meshauthz-noop-filter",
+    ]))?;
+    let noop = root().join("target/wasm32-wasip1/release/meshauthz_noop_filter.wasm");
+    let (criterion, load_args): (Vec<&String>, Vec<&String>) = args.iter().partition(|a| *a == "--no-criterion");
+    if criterion.is_empty() {
+        run(cargo().args(["bench", "-p", "meshauthz-benches", "--bench", "decision"]))?;
+    }
+    let envoy = envoy_binary().ok_or("no Envoy after setup")?;
+    let out_dir = root().join("target/bench");
+    std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+    let mut load = cargo();
+    load.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "meshauthz-benches",
+        "--bin",
+        "envoy-load",
+        "--",
+    ])
+    .arg("--wasm")
+    .arg(&wasm)
+    .arg("--noop-wasm")
+    .arg(&noop)
+    .args(load_args)
+    .env("MESHAUTHZ_ENVOY", envoy);
+    eprintln!("xtask: running {load:?}");
+    let out = load
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("envoy-load failed: {}", out.status));
+    }
+    let results = out_dir.join("envoy-load.json");
+    std::fs::write(&results, &out.stdout).map_err(|e| e.to_string())?;
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "meshauthz-benches",
+            "--bin",
+            "bench-report",
+            "--",
+            "--load",
+        ])
+        .arg(&results)
+        .arg("--out")
+        .arg(root().join("BENCHMARKS.md")))
+}
+
+/// wrk (and h2load) from Debian, if missing.
+fn install_load_generators() -> Result {
+    let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
+    if have("wrk") && have("h2load") {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "wrk", "nghttp2-client"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }

@@ -1,0 +1,227 @@
+//! Writes the figures of one `cargo xtask bench` run into BENCHMARKS.md, between the
+//! `<!-- bench:begin -->` and `<!-- bench:end -->` markers: criterion's medians (decision time
+//! against rule count for the table and the linear scan, compile and load time), table sizes,
+//! the Wasm binary sizes, and the Envoy load benchmark (throughput, latency, ratios).
+//!
+//! Usage: bench-report --load target/bench/envoy-load.json --out BENCHMARKS.md
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use meshauthz_benches::{compile, workload};
+use serde_json::Value;
+
+const SIZES: &[usize] = &[10, 100, 1_000, 10_000, 100_000];
+const BEGIN: &str = "<!-- bench:begin -->";
+const END: &str = "<!-- bench:end -->";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// criterion's median estimate, in nanoseconds.
+fn median_ns(group: &str, bench: &str, n: usize) -> Option<f64> {
+    let path = root().join(format!("target/criterion/{group}/{bench}/{n}/new/estimates.json"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn human_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.1} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn micro() -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Decision, compile, load (criterion, `benches/benches/decision.rs`)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| rules | decision (table) | decision (linear scan) | table speed-up | compile YAML->table | load table (decode + index) | table bytes | YAML bytes |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in SIZES {
+        let t = median_ns("decision", "table", n);
+        let l = median_ns("decision", "linear_scan", n);
+        let w = workload(n, 42);
+        let bytes = compile(&w).len();
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), human_ns);
+        let ratio = match (t, l) {
+            (Some(t), Some(l)) => format!("{:.0}x", l / t),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {ratio} | {} | {} | {bytes} | {} |",
+            f(t),
+            f(l),
+            f(median_ns("compile", "yaml_to_table", n)),
+            f(median_ns("compile", "load_table", n)),
+            w.yaml.len()
+        );
+    }
+    if let (Some(a), Some(b)) = (
+        median_ns("decision", "table", 100_000),
+        median_ns("decision", "table", 10),
+    ) {
+        let _ = writeln!(s, "\ndecision(100k) / decision(10) = {:.2}", a / b);
+    }
+    s
+}
+
+fn load(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let rows: Vec<Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    // (rules, variant) -> measurements over rounds
+    let mut by: BTreeMap<(u64, String), Vec<&Value>> = BTreeMap::new();
+    for r in &rows {
+        let key = (
+            r["rules"].as_u64().unwrap_or(0),
+            r["variant"].as_str().unwrap_or("").to_owned(),
+        );
+        by.entry(key).or_default().push(r);
+    }
+    let stat = |rules: u64, variant: &str, field: &str| -> f64 {
+        median(
+            by.get(&(rules, variant.to_owned()))
+                .map(|v| v.iter().filter_map(|r| r[field].as_f64()).collect())
+                .unwrap_or_default(),
+        )
+    };
+    let rounds = rows
+        .iter()
+        .filter_map(|r| r["round"].as_u64())
+        .max()
+        .map_or(0, |m| m + 1);
+    let mut sizes: Vec<u64> = by.keys().map(|k| k.0).collect();
+    sizes.dedup();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Envoy load (`benches/src/bin/envoy-load.rs`, {rounds} interleaved rounds, medians)\n\n\
+         wrk -> client sidecar Envoy -> mTLS -> server Envoy (`--concurrency 1`, direct response) with\n\
+         (a) no filter, (b) native RBAC (`--emit envoy-rbac`), (c) no-op proxy-wasm filter, (d) meshauthz.\n\
+         Half the requests are allowed (GET, matched by the last rule), half denied (POST).\n\
+         Throughput: wrk, 1 thread, 16 connections. Latency: a fixed rate over 4 keep-alive connections.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| rules | rps (a) none | rps (b) rbac | rps (c) noop wasm | rps (d) meshauthz | (d)/(a) | (d)/(b) | (d)/(c) | p50 / p99 (a) µs | p50 / p99 (b) µs | p50 / p99 (d) µs | added p99 (d)-(a) µs | configure (d) ms |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for rules in sizes {
+        let rps = |v: &str| stat(rules, v, "rps");
+        let (a, b, c, d) = (rps("none"), rps("rbac"), rps("noop_wasm"), rps("meshauthz"));
+        let lat = |v: &str| format!("{:.0} / {:.0}", stat(rules, v, "p50_us"), stat(rules, v, "p99_us"));
+        let _ = writeln!(
+            s,
+            "| {rules} | {a:.0} | {b:.0} | {c:.0} | {d:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {:.0} | {:.2} |",
+            d / a,
+            d / b,
+            d / c,
+            lat("none"),
+            lat("rbac"),
+            lat("meshauthz"),
+            stat(rules, "meshauthz", "p99_us") - stat(rules, "none", "p99_us"),
+            stat(rules, "meshauthz", "configure_ms"),
+        );
+    }
+    let _ = writeln!(s, "\nEvery run, per round and variant (rps, p50/p99 µs):\n");
+    for r in &rows {
+        let _ = writeln!(
+            s,
+            "- round {} rules {} {}: {:.0} rps, {:.0}/{:.0} µs",
+            r["round"],
+            r["rules"],
+            r["variant"].as_str().unwrap_or(""),
+            r["rps"].as_f64().unwrap_or(0.0),
+            r["p50_us"].as_f64().unwrap_or(0.0),
+            r["p99_us"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(s)
+}
+
+fn wasm_sizes() -> String {
+    let mut s = String::from("### Wasm binaries (release: LTO, one codegen unit, panic=abort, stripped)\n\n");
+    for name in ["meshauthz_filter", "meshauthz_noop_filter"] {
+        let p = root().join(format!("target/wasm32-wasip1/release/{name}.wasm"));
+        if let Ok(m) = std::fs::metadata(&p) {
+            let _ = writeln!(
+                s,
+                "- `{name}.wasm`: {} bytes ({:.0} KiB)",
+                m.len(),
+                m.len() as f64 / 1024.0
+            );
+        }
+    }
+    s
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut load_path, mut out) = (None, root().join("BENCHMARKS.md"));
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--load" => load_path = args.next().map(PathBuf::from),
+            "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            other => {
+                eprintln!("bench-report: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let mut section = format!("{BEGIN}\n_Generated by `cargo xtask bench` on {}._\n\n", date());
+    section += &micro();
+    section += "\n";
+    section += &wasm_sizes();
+    if let Some(p) = load_path {
+        match load(&p) {
+            Ok(t) => section += &format!("\n{t}"),
+            Err(e) => {
+                eprintln!("bench-report: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    section += END;
+    let current = std::fs::read_to_string(&out).unwrap_or_default();
+    let updated = match (current.find(BEGIN), current.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &current[..b], &current[e + END.len()..]),
+        _ => format!("{current}\n{section}\n"),
+    };
+    if let Err(e) = std::fs::write(&out, updated) {
+        eprintln!("bench-report: {}: {e}", out.display());
+        std::process::exit(2);
+    }
+    println!("{section}");
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
