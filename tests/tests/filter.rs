@@ -45,6 +45,10 @@ struct Ports {
     reference: u16,
     plaintext: u16,
     shadow: u16,
+    /// `xfcc: append_forward` behind an HCM that forwards the client's XFCC untouched.
+    append: u16,
+    /// `xfcc: off`, same HCM.
+    xfcc_off: u16,
 }
 
 impl Fixture {
@@ -82,12 +86,21 @@ impl Fixture {
             reference: free_port(ip),
             plaintext: free_port(ip),
             shadow: free_port(ip),
+            append: free_port(ip),
+            xfcc_off: free_port(ip),
         };
         let enforce = config_for(
             &policy_yaml("authz-policy", &[ports.enforce, ports.plaintext]),
             Mode::Enforce,
             Xfcc::SanitizeSet,
         );
+        let forward_ports = [ports.append, ports.xfcc_off];
+        let append = config_for(
+            &policy_yaml("authz-append", &forward_ports),
+            Mode::Enforce,
+            Xfcc::AppendForward,
+        );
+        let off = config_for(&policy_yaml("authz-off", &forward_ports), Mode::Enforce, Xfcc::Off);
         let shadow = config_for(
             &policy_yaml("authz-shadow", &[ports.shadow]),
             Mode::Shadow,
@@ -108,6 +121,8 @@ impl Fixture {
             listener("reference", ports.reference, true, None, "SANITIZE_SET"),
             listener("plaintext", ports.plaintext, false, Some(&enforce), "SANITIZE"),
             listener("shadow", ports.shadow, true, Some(&shadow), "SANITIZE"),
+            listener("append", ports.append, true, Some(&append), "ALWAYS_FORWARD_ONLY"),
+            listener("xfcc-off", ports.xfcc_off, true, Some(&off), "ALWAYS_FORWARD_ONLY"),
         ];
         let admin = free_port(ip);
         let yaml = bootstrap(admin, &listeners, &filter_wasm(), echo.addr().port());
@@ -227,6 +242,31 @@ fn xfcc_is_byte_identical_to_envoy_sanitize_set_and_spoofing_is_dropped() {
     assert_eq!(ours.len(), 1, "exactly one XFCC reaches the upstream: {ours:?}");
     assert_eq!(ours, envoys, "filter XFCC vs Envoy SANITIZE_SET");
     assert!(!ours[0].contains("evil"));
+}
+
+#[test]
+fn xfcc_append_forward_and_off() {
+    let f = Fixture::start();
+    let previous = "By=spiffe://td/ns/x/sa/edge;URI=spiffe://td/ns/x/sa/origin";
+    let header = format!("x-forwarded-client-cert: {previous}");
+    let reference = f.request(Some("client"), f.ports.reference, "service-test", &[]);
+    let ours = reference
+        .echoed_header("x-forwarded-client-cert")
+        .expect("Envoy's own element")
+        .to_owned();
+    let appended = f.request(Some("client"), f.ports.append, "service-test", &["-H", &header]);
+    assert_eq!(
+        appended.echoed_headers("x-forwarded-client-cert"),
+        vec![format!("{previous},{ours}")]
+    );
+    let first_hop = f.request(Some("client"), f.ports.append, "service-test", &[]);
+    assert_eq!(first_hop.echoed_headers("x-forwarded-client-cert"), vec![ours.clone()]);
+    let off = f.request(Some("client"), f.ports.xfcc_off, "service-test", &["-H", &header]);
+    assert_eq!(
+        off.echoed_headers("x-forwarded-client-cert"),
+        vec![previous.to_owned()],
+        "off leaves the header alone"
+    );
 }
 
 #[test]
