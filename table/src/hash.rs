@@ -65,9 +65,12 @@ impl Hasher for WordHasher {
         self.mix(i as u64);
     }
 
+    /// The multiply leaves its best-mixed bits at the top, but hash tables index with the low
+    /// bits: rotate them down (as rustc-hash 2 does), or keys that differ only in their last
+    /// bytes (service numbers, namespaces) pile into a few buckets.
     #[inline]
     fn finish(&self) -> u64 {
-        self.state
+        self.state.rotate_left(26)
     }
 }
 

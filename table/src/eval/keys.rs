@@ -93,8 +93,7 @@ fn filter_hash(v: &[u8]) -> u64 {
     use std::hash::Hasher;
     let mut h = crate::hash::WordHasher::default();
     h.write(v);
-    // The multiply leaves the best-mixed bits at the top.
-    h.finish().rotate_left(26)
+    h.finish()
 }
 
 impl PatternKeys {
