@@ -259,14 +259,23 @@ fn status_line(r: &crate::CurlResult) -> String {
 pub fn play(mesh: &mut Mesh, mut after_step: impl FnMut(usize, &Mesh)) -> Result<Vec<Outcome>, String> {
     let server_id = mesh.spiffe_id("demo-server");
     let client_id = mesh.spiffe_id("demo-client");
-    let xfcc_ok = |r: &crate::CurlResult| {
-        r.echoed_header("x-forwarded-client-cert").is_some_and(|x| {
-            x.starts_with(&format!("By={server_id};Hash="))
-                && x.contains(";Subject=\"")
-                && x.ends_with(&format!(";URI={client_id}"))
-        })
-    };
     let xfcc_expected = format!("By={server_id};Hash=...;Subject=\"...\";URI={client_id}");
+    // The guide's check 2: the server sidecar's element, its own identity then the client's.
+    let xfcc_outcome = |step: &'static str, r: &crate::CurlResult| {
+        let seen = r
+            .echoed_header("x-forwarded-client-cert")
+            .unwrap_or("(none)")
+            .to_owned();
+        let ok = seen.starts_with(&format!("By={server_id};Hash="))
+            && seen.contains(";Subject=\"")
+            && seen.ends_with(&format!(";URI={client_id}"));
+        outcome(step, "echo: x-forwarded-client-cert", &xfcc_expected, seen, ok)
+    };
+    let echoed = |step: &'static str, r: &crate::CurlResult, header: &str, want: &str| {
+        let seen = r.echoed_header(header).unwrap_or("(none)").to_owned();
+        let ok = seen == want;
+        outcome(step, &format!("echo: {header}"), want, seen, ok)
+    };
     let mut out = Vec::new();
     for (i, (name, files)) in STEPS.iter().enumerate() {
         mesh.apply(i + 1, files)?;
@@ -290,26 +299,9 @@ pub fn play(mesh: &mut Mesh, mut after_step: impl FnMut(usize, &Mesh)) -> Result
                     status_line(&r),
                     r.status == 200,
                 ));
-                let xfcc = r
-                    .echoed_header("x-forwarded-client-cert")
-                    .unwrap_or("(none)")
-                    .to_owned();
-                out.push(outcome(
-                    name,
-                    "echo: x-forwarded-client-cert",
-                    &xfcc_expected,
-                    xfcc,
-                    xfcc_ok(&r),
-                ));
+                out.push(xfcc_outcome(name, &r));
                 if i == 1 {
-                    let xfp = r.echoed_header("x-forwarded-proto").unwrap_or("(none)").to_owned();
-                    out.push(outcome(
-                        name,
-                        "echo: x-forwarded-proto",
-                        "http",
-                        xfp.clone(),
-                        xfp == "http",
-                    ));
+                    out.push(echoed(name, &r, "x-forwarded-proto", "http"));
                 } else {
                     let r = mesh.from_client("POST");
                     let ok = r.status == 403 && r.body == "RBAC: access denied";
@@ -331,25 +323,8 @@ pub fn play(mesh: &mut Mesh, mut after_step: impl FnMut(usize, &Mesh)) -> Result
                     status_line(&r),
                     r.status == 200,
                 ));
-                let xfcc = r
-                    .echoed_header("x-forwarded-client-cert")
-                    .unwrap_or("(none)")
-                    .to_owned();
-                out.push(outcome(
-                    name,
-                    "echo: x-forwarded-client-cert",
-                    &xfcc_expected,
-                    xfcc,
-                    xfcc_ok(&r),
-                ));
-                let xfp = r.echoed_header("x-forwarded-proto").unwrap_or("(none)").to_owned();
-                out.push(outcome(
-                    name,
-                    "echo: x-forwarded-proto",
-                    "https",
-                    xfp.clone(),
-                    xfp == "https",
-                ));
+                out.push(xfcc_outcome(name, &r));
+                out.push(echoed(name, &r, "x-forwarded-proto", "https"));
                 let r = mesh.to_gateway("http", "GET");
                 let reset = r.status == 0 && (r.exit == 56 || r.exit == 52);
                 out.push(outcome(
