@@ -129,6 +129,13 @@ impl RootContext for Root {
     }
 }
 
+/// What the evaluator needs from the request headers.
+struct RequestHeaders {
+    authority: String,
+    method: String,
+    values: Vec<Option<String>>,
+}
+
 struct Stream {
     shared: Rc<RefCell<Shared>>,
     config: Option<Rc<FilterConfig>>,
@@ -145,14 +152,16 @@ impl HttpContext for Stream {
         };
         let peer = self.peer();
         let principal = peer.as_ref().and_then(|p| p.identity.principal.as_deref());
-        let authority = self.get_http_request_header(":authority").unwrap_or_default();
-        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let RequestHeaders {
+            authority,
+            method,
+            values: header_values,
+        } = self.request_headers(&config);
         let source_ip = if config.table.uses_source_ip() {
             self.get_property(vec!["source", "address"]).and_then(|b| parse_ip(&b))
         } else {
             None
         };
-        let header_values = self.referenced_headers(&config);
         let header_slots: Vec<Option<&str>> = header_values.iter().map(Option::as_deref).collect();
         let request = Request {
             principal,
@@ -251,27 +260,36 @@ impl Stream {
         Some(peer)
     }
 
-    /// Values of the headers the table references, in its slot order; repeated headers are
-    /// joined with `,`. One host call fetches them all, and only when the table needs any.
-    fn referenced_headers(&self, config: &FilterConfig) -> Vec<Option<String>> {
+    /// `:authority`, `:method` and the headers the table references (in its slot order; repeated
+    /// headers joined with `,`), all from one host call rather than one per header. (Measured
+    /// against two single-header calls: no difference in server CPU within the noise, and one
+    /// call fewer whatever the policy references.)
+    fn request_headers(&self, config: &FilterConfig) -> RequestHeaders {
         let names = config.table.header_names();
-        if names.is_empty() {
-            return Vec::new();
-        }
-        let mut values: Vec<Option<String>> = vec![None; names.len()];
+        let mut h = RequestHeaders {
+            authority: String::new(),
+            method: String::new(),
+            values: vec![None; names.len()],
+        };
         for (name, value) in self.get_http_request_headers() {
-            if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(&name)) {
-                let slot = &mut values[i];
-                match slot {
-                    Some(v) => {
-                        v.push(',');
-                        v.push_str(&value);
+            match name.as_str() {
+                ":authority" => h.authority = value,
+                ":method" => h.method = value,
+                _ => {
+                    if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(&name)) {
+                        let slot = &mut h.values[i];
+                        match slot {
+                            Some(v) => {
+                                v.push(',');
+                                v.push_str(&value);
+                            }
+                            None => *slot = Some(value),
+                        }
                     }
-                    None => *slot = Some(value),
                 }
             }
         }
-        values
+        h
     }
 
     fn forward_client_cert(&self, mode: XfccMode, peer: Option<&Peer>) {

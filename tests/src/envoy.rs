@@ -83,6 +83,17 @@ impl Envoy {
         }
     }
 
+    /// CPU time (user + system) the process has used so far, from `/proc`.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let hz = 100; // USER_HZ on Linux
+        Some(Duration::from_millis(ticks * 1000 / hz))
+    }
+
     pub fn admin(&self) -> SocketAddr {
         self.admin
     }

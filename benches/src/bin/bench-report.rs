@@ -146,6 +146,29 @@ fn load(path: &Path) -> Result<String, String> {
             stat(rules, "meshauthz", "configure_ms"),
         );
     }
+    let _ = writeln!(
+        s,
+        "\nServer Envoy CPU per request (user + system time over the wrk phase / requests served): the \
+         cost each filter adds, measured on the proxy itself rather than through the shared-core throughput.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| rules | (a) none µs | (b) rbac µs | (c) noop wasm µs | (d) meshauthz µs | (d)-(c) µs | (c)/(d) | (b)/(d) |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut sizes: Vec<u64> = by.keys().map(|k| k.0).collect();
+    sizes.dedup();
+    for rules in sizes {
+        let cpu = |v: &str| stat(rules, v, "server_cpu_us");
+        let (a, b, c, d) = (cpu("none"), cpu("rbac"), cpu("noop_wasm"), cpu("meshauthz"));
+        let _ = writeln!(
+            s,
+            "| {rules} | {a:.1} | {b:.1} | {c:.1} | {d:.1} | {:.1} | {:.2} | {:.2} |",
+            d - c,
+            c / d,
+            b / d
+        );
+    }
     let _ = writeln!(s, "\nEvery run, per round and variant (rps, p50/p99 µs):\n");
     for r in &rows {
         let _ = writeln!(
