@@ -184,8 +184,8 @@ impl HttpContext for Stream {
         if let Some(stats) = &self.stats {
             stats.record(&decision, config.mode);
         }
-        let by = decision.by.map(|b| (config.table.policy_name(b.policy), b.rule));
         if log::log_enabled!(log::Level::Debug) {
+            let by = decision.by.map(|b| (config.table.policy_name(b.policy), b.rule));
             debug!(
                 "meshauthz: decision={} mode={:?} policy={} rule={} principal={} host={authority} port={} method={method}",
                 if decision.allowed { "allow" } else { "deny" },
