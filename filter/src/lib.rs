@@ -73,6 +73,11 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let started = self.get_current_time();
+        // Follow Envoy's `wasm` log level, so `--component-log-level wasm:debug` turns on the
+        // per-decision log lines; below Info nothing per request is formatted.
+        if let Ok(level) = proxy_wasm::hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         let bytes = self.get_plugin_configuration();
         match FilterConfig::parse(bytes.as_deref()) {
             Ok(config) => {

@@ -17,13 +17,23 @@ impl Envoy {
     /// Starts Envoy on `bootstrap` (a file) with one worker, and waits until its admin
     /// `/ready` says LIVE. On failure returns Envoy's log.
     pub fn start(bootstrap: &Path, admin: SocketAddr, log: &Path) -> Result<Envoy, String> {
+        Self::start_logging(bootstrap, admin, log, "wasm:debug")
+    }
+
+    /// As [`Envoy::start`], but the Wasm component logs at info: no per-request decision lines
+    /// (for benchmarks).
+    pub fn start_quiet(bootstrap: &Path, admin: SocketAddr, log: &Path) -> Result<Envoy, String> {
+        Self::start_logging(bootstrap, admin, log, "wasm:info")
+    }
+
+    fn start_logging(bootstrap: &Path, admin: SocketAddr, log: &Path, levels: &str) -> Result<Envoy, String> {
         let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(crate::envoy_binary())
             .arg("-c")
             .arg(bootstrap)
             .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
-            .args(["--component-log-level", "wasm:debug"])
+            .args(["--component-log-level", levels])
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)

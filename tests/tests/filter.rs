@@ -189,6 +189,13 @@ fn guide_policy_is_enforced_over_mtls() {
 
     let post = f.request(Some("client"), p, "service-test", &["-X", "POST", "-d", ""]);
     assert_denied(&post, "POST");
+    // Structured decision log at debug level (the harness runs Envoy with wasm:debug). The POST
+    // fails on its method, so the port was never fetched (`-`).
+    let line = format!(
+        "meshauthz: decision=deny mode=Enforce policy=none rule=none principal={} host=service-test port=- method=POST",
+        spiffe("demo-client")
+    );
+    assert!(f.envoy.log_text().contains(&line), "no `{line}` in the log");
     let denied = f.request(Some("client"), p, "service-test", &["-X", "POST", "-d", "", "-D", "-"]);
     assert!(
         denied.body.to_ascii_lowercase().contains("content-type: text/plain"),

@@ -350,7 +350,7 @@ fn run() -> Result<(), String> {
         client_bootstrap(client_admin, client_port, server_port, &client_certs),
     )
     .map_err(|e| e.to_string())?;
-    let _client = Envoy::start(
+    let _client = Envoy::start_quiet(
         &client_boot,
         (Ipv4Addr::LOCALHOST, client_admin).into(),
         &dir.path().join("client.log"),
@@ -366,7 +366,7 @@ fn run() -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                 let log = dir.path().join(format!("server-{}-{size}-{round}.log", v.name()));
                 let started = Instant::now();
-                let server = Envoy::start(&boot, (Ipv4Addr::LOCALHOST, admin).into(), &log)?;
+                let server = Envoy::start_quiet(&boot, (Ipv4Addr::LOCALHOST, admin).into(), &log)?;
                 let startup_ms = started.elapsed().as_millis();
                 // Warm-up: connections, V8 tiers, the identity cache.
                 let _ = fixed_rate(client_port, args.rate, 1)?;
