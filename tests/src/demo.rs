@@ -255,8 +255,8 @@ fn status_line(r: &crate::CurlResult) -> String {
     }
 }
 
-/// Plays the four steps; `after_step` runs after each (the `--keep` pause, or nothing).
-pub fn play(mesh: &mut Mesh, mut after_step: impl FnMut(usize, &Mesh)) -> Result<Vec<Outcome>, String> {
+/// Plays the four steps; `after_step` runs after each and returns false to stop early (Ctrl-C).
+pub fn play(mesh: &mut Mesh, mut after_step: impl FnMut(usize, &Mesh) -> bool) -> Result<Vec<Outcome>, String> {
     let server_id = mesh.spiffe_id("demo-server");
     let client_id = mesh.spiffe_id("demo-client");
     let xfcc_expected = format!("By={server_id};Hash=...;Subject=\"...\";URI={client_id}");
@@ -352,7 +352,9 @@ pub fn play(mesh: &mut Mesh, mut after_step: impl FnMut(usize, &Mesh)) -> Result
                 ));
             }
         }
-        after_step(i + 1, mesh);
+        if !after_step(i + 1, mesh) {
+            return Err(format!("interrupted after step {}", i + 1));
+        }
     }
     Ok(out)
 }

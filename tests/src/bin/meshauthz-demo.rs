@@ -2,12 +2,21 @@
 //! differs from what the guide expects; `--keep` leaves the mesh running until Ctrl-C.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use meshauthz_tests::demo::{Mesh, pick_block, play, report};
 
 fn main() -> ExitCode {
     let keep = std::env::args().any(|a| a == "--keep");
+    // Ctrl-C only raises a flag: the demo then returns normally, and dropping the mesh stops and
+    // reaps every proxy it started.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+        eprintln!("demo: cannot handle Ctrl-C: {e}");
+    }
     let started = Instant::now();
     let dir = match tempfile::Builder::new().prefix("meshauthz-demo-").tempdir() {
         Ok(d) => d,
@@ -27,7 +36,10 @@ fn main() -> ExitCode {
         "meshauthz demo: the guide's mesh on loopback (files in {})",
         dir.path().display()
     );
-    let outcomes = match play(&mut mesh, |step, _| println!("step {step} applied")) {
+    let outcomes = match play(&mut mesh, |step, _| {
+        println!("step {step} applied");
+        !interrupted.load(Ordering::SeqCst)
+    }) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("demo: {e}");
@@ -44,10 +56,11 @@ fn main() -> ExitCode {
     );
     if keep {
         println!("{}", mesh.instructions());
-        // Ctrl-C ends this process and, with it, every proxy (they share its process group).
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+        while !interrupted.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
+        println!("demo: stopping the mesh");
+        return ExitCode::SUCCESS;
     }
     if failed == 0 {
         ExitCode::SUCCESS
