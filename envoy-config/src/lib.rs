@@ -7,5 +7,6 @@
 pub mod ca;
 pub mod doctor;
 pub mod generate;
+pub mod guide;
 pub mod resources;
 pub mod workloads;

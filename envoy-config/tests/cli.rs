@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use meshauthz_envoy_config::ca::{CaError, KeyAlgorithm, LeafSpec, MeshCa, WorkloadCertificateConfig};
 use meshauthz_envoy_config::doctor::{Expectations, examine};
+use meshauthz_envoy_config::guide::final_step;
 use time::{Duration, OffsetDateTime};
 
 fn cli(args: &[&str], cwd: &Path) -> Output {
@@ -17,7 +18,7 @@ fn cli(args: &[&str], cwd: &Path) -> Output {
 }
 
 fn guide() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("guide")
+    meshauthz_envoy_config::guide::dir()
 }
 
 fn failing_checks(dir: &Path, expect: &Expectations) -> Vec<(String, String)> {
@@ -291,19 +292,6 @@ fn generate(extra: &[(&str, &str)], files: &[&str]) -> (Output, tempfile::TempDi
     (cli(&args, tmp.path()), tmp)
 }
 
-const FULL: &[&str] = &[
-    "mesh.yaml",
-    "http_route.yaml",
-    "client-mtls-policy.yaml",
-    "demo-backend-service.yaml",
-    "server-mtls-policy.yaml",
-    "ep_mtls_authz.yaml",
-    "authz-policy-gateway.yaml",
-    "server-tls-policy.yaml",
-    "td-gke-gateway.yaml",
-    "td-gke-route.yaml",
-];
-
 fn assert_rejected(out: &Output, tmp: &Path, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -313,13 +301,13 @@ fn assert_rejected(out: &Output, tmp: &Path, needle: &str) {
 
 #[test]
 fn generator_accepts_the_guide_and_rejects_bad_input() {
-    let (out, tmp) = generate(&[], FULL);
+    let (out, tmp) = generate(&[], final_step());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for w in ["payments", "client", "mesh-gateway"] {
         assert!(tmp.path().join(format!("out/{w}.yaml")).is_file());
     }
 
-    let mut files = FULL.to_vec();
+    let mut files = final_step().to_vec();
     files.retain(|f| *f != "client-mtls-policy.yaml");
     let (out, tmp) = generate(&[], &files);
     assert_rejected(
@@ -329,7 +317,7 @@ fn generator_accepts_the_guide_and_rejects_bad_input() {
     );
 
     let wrong_kind = "name: ep2\ntype: SIDECAR_PROXY\nendpointMatcher:\n  metadataLabelMatcher:\n    metadataLabelMatchCriteria: MATCH_ALL\n    metadataLabels: [{labelName: app, labelValue: other}]\nserverTlsPolicy: projects/p/locations/global/clientTlsPolicies/client-mtls-policy\n";
-    let (out, tmp) = generate(&[("ep2.yaml", wrong_kind)], &[FULL, &["ep2.yaml"]].concat());
+    let (out, tmp) = generate(&[("ep2.yaml", wrong_kind)], &[final_step(), &["ep2.yaml"]].concat());
     assert_rejected(
         &out,
         tmp.path(),
@@ -337,7 +325,7 @@ fn generator_accepts_the_guide_and_rejects_bad_input() {
     );
 
     let typo = "name: server-mtls-policy\nserverCertificate:\n  certificateProviderInstance:\n    pluginInstance: google_cloud_private_spiffe\nmtlsPolicyy:\n  clientValidationCa: []\n";
-    let (out, tmp) = generate(&[("server-mtls-policy.yaml", typo)], FULL);
+    let (out, tmp) = generate(&[("server-mtls-policy.yaml", typo)], final_step());
     assert_rejected(
         &out,
         tmp.path(),
@@ -346,7 +334,7 @@ fn generator_accepts_the_guide_and_rejects_bad_input() {
 
     let unused = std::fs::read_to_string(guide().join("workloads.yaml")).expect("read")
         + "- name: lonely\n  proxy: gateway\n  serviceAccount: x\n  address: 127.0.0.9\n  scope: nobody\n";
-    let (out, tmp) = generate(&[("workloads.yaml", &unused)], FULL);
+    let (out, tmp) = generate(&[("workloads.yaml", &unused)], final_step());
     assert_rejected(
         &out,
         tmp.path(),
@@ -355,12 +343,12 @@ fn generator_accepts_the_guide_and_rejects_bad_input() {
 
     let (out, tmp) = generate(
         &[("weird.yaml", "name: x\nfoo: bar\n")],
-        &[FULL, &["weird.yaml"]].concat(),
+        &[final_step(), &["weird.yaml"]].concat(),
     );
     assert_rejected(&out, tmp.path(), "weird.yaml: cannot tell which resource this is");
 
     let plugin = "name: client-mtls-policy\nclientCertificate:\n  certificateProviderInstance:\n    pluginInstance: something_else\n";
-    let (out, tmp) = generate(&[("client-mtls-policy.yaml", plugin)], FULL);
+    let (out, tmp) = generate(&[("client-mtls-policy.yaml", plugin)], final_step());
     assert_rejected(
         &out,
         tmp.path(),

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_envoy_config::generate::{Options, generate};
+pub use meshauthz_envoy_config::guide::STEPS;
 use meshauthz_envoy_config::resources::Resources;
 use meshauthz_envoy_config::workloads::{ProxyRole, WorkloadsFile};
 
 use crate::http::curl;
-use crate::{Echo, Envoy, root};
+use crate::{Echo, Envoy};
 
 /// What the guide expects next to what happened.
 #[derive(Debug, Clone)]
@@ -26,57 +27,6 @@ pub struct Outcome {
     pub observed: String,
     pub ok: bool,
 }
-
-/// The guide's files, step by step (each step lists everything in force then).
-pub const STEPS: &[(&str, &[&str])] = &[
-    (
-        "1 client mTLS only",
-        &[
-            "mesh.yaml",
-            "http_route.yaml",
-            "client-mtls-policy.yaml",
-            "demo-backend-service.yaml",
-        ],
-    ),
-    (
-        "2 + server mTLS",
-        &[
-            "mesh.yaml",
-            "http_route.yaml",
-            "client-mtls-policy.yaml",
-            "demo-backend-service.yaml",
-            "server-mtls-policy.yaml",
-            "ep_mtls.yaml",
-        ],
-    ),
-    (
-        "3 + authorization",
-        &[
-            "mesh.yaml",
-            "http_route.yaml",
-            "client-mtls-policy.yaml",
-            "demo-backend-service.yaml",
-            "server-mtls-policy.yaml",
-            "ep_mtls_authz.yaml",
-            "authz-policy.yaml",
-        ],
-    ),
-    (
-        "4 ingress gateway",
-        &[
-            "mesh.yaml",
-            "http_route.yaml",
-            "client-mtls-policy.yaml",
-            "demo-backend-service.yaml",
-            "server-mtls-policy.yaml",
-            "ep_mtls_authz.yaml",
-            "authz-policy-gateway.yaml",
-            "server-tls-policy.yaml",
-            "td-gke-gateway.yaml",
-            "td-gke-route.yaml",
-        ],
-    ),
-];
 
 /// The mesh while it runs: stops everything when dropped.
 pub struct Mesh {
@@ -94,7 +44,7 @@ impl std::fmt::Debug for Mesh {
 }
 
 fn guide_dir() -> PathBuf {
-    root().join("envoy-config/guide")
+    meshauthz_envoy_config::guide::dir()
 }
 
 /// A 127.x.y.0/24 block whose demo addresses are free.

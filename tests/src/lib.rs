@@ -55,6 +55,15 @@ pub fn filter_wasm() -> PathBuf {
     path
 }
 
+/// Polls `done` every 200 ms until it holds; panics with `what()` after `limit`.
+pub fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{}", what());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// A port that was free on `ip` a moment ago.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
     TcpListener::bind((ip, 0))

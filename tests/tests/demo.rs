@@ -77,18 +77,11 @@ fn guide_walkthrough_on_loopback() {
         .issue(&LeafSpec::svid(&mesh.spiffe_id("demo-server")))
         .expect("issue");
     creds.write_to(&dir.path().join("certs/payments")).expect("write");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = presented_fingerprint(&server_addr, &client_dir);
-        if now.as_ref().is_some_and(|f| *f != before) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rotated certificate was never served (still {before})"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    meshauthz_tests::wait_until(
+        Duration::from_secs(15),
+        || presented_fingerprint(&server_addr, &client_dir).is_some_and(|f| f != before),
+        || format!("the rotated certificate was never served (still {before})"),
+    );
     assert_eq!(
         mesh.from_client("GET").status,
         200,

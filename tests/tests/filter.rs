@@ -9,7 +9,7 @@ use meshauthz_policy_compiler::compile_sources;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_tests::bootstrap::{Listener, bootstrap};
 use meshauthz_tests::http::client_cert_args;
-use meshauthz_tests::{CurlResult, Echo, Envoy, curl, filter_wasm, free_port};
+use meshauthz_tests::{CurlResult, Echo, Envoy, curl, filter_wasm, free_port, wait_until};
 
 const TD: &str = "my-project.svc.id.goog";
 
@@ -308,22 +308,22 @@ fn shadow_mode_counts_but_never_denies_and_stats_are_visible() {
         ("wasmcustom.meshauthz.policy.authz-policy.allowed", 1),
         ("wasmcustom.meshauthz.policy.authz-shadow.allowed", 1),
     ];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let got: Vec<u64> = want
-            .iter()
+    let counters = || {
+        want.iter()
             .map(|(name, _)| f.envoy.counter(name).unwrap_or(0))
-            .collect();
-        if got.iter().zip(&want).all(|(g, (_, w))| g == w) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "counters {got:?}, want {want:?}\n{:?}",
-            f.envoy.admin_get("/stats?filter=meshauthz")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+            .collect::<Vec<u64>>()
+    };
+    wait_until(
+        std::time::Duration::from_secs(5),
+        || counters().iter().zip(&want).all(|(g, (_, w))| g == w),
+        || {
+            format!(
+                "counters {:?}, want {want:?}\n{:?}",
+                counters(),
+                f.envoy.admin_get("/stats?filter=meshauthz")
+            )
+        },
+    );
 }
 
 fn refuses(plugin_config: &str, expect_in_log: &str) {
@@ -367,7 +367,7 @@ fn policy_update_applies_while_requests_flow() {
     use meshauthz_tests::bootstrap::{bootstrap_with_file_lds, lds_yaml};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = MeshCa::generate("TestCorpLLC").expect("CA");
@@ -420,15 +420,11 @@ fn policy_update_applies_while_requests_flow() {
         a
     };
     // Wait (bounded) for the LDS listener to serve.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while curl(&args("GET")).status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "listener never served:\n{}",
-            envoy.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        || curl(&args("GET")).status == 200,
+        || format!("listener never served:\n{}", envoy.log_text()),
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -446,15 +442,11 @@ fn policy_update_applies_while_requests_flow() {
     });
     std::thread::sleep(Duration::from_millis(500));
     publish(listener_with("POST"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while curl(&args("GET")).status != 403 {
-        assert!(
-            Instant::now() < deadline,
-            "the new policy never took effect:\n{}",
-            envoy.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        || curl(&args("GET")).status == 403,
+        || format!("the new policy never took effect:\n{}", envoy.log_text()),
+    );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     let seen = load.join().expect("load thread");
