@@ -9,41 +9,45 @@
 //! Fail closed: without a valid table, `on_configure` returns false (Envoy rejects the
 //! configuration) and any request that still reaches the filter is denied. Nothing on the
 //! request path unwraps a host result or request data.
+//!
+//! Cheap by construction: the filter speaks the proxy-wasm ABI itself ([`abi`]) and exports
+//! only the callbacks it needs, so Envoy enters the VM twice per request (context create,
+//! request headers) where an SDK filter is entered six times; the request costs three host
+//! calls (certificate digest, all request headers in one call, then the XFCC header or the
+//! local reply), plus `destination.port` only when a candidate rule gets as far as its ports.
+//! A stream is decided by its own root context's table ([`roots`]).
 
-// The proxy-wasm ABI entry point (`proxy_wasm::main!`) is an exported `#[no_mangle]` function;
-// this crate has no other unsafe code.
-#![allow(unsafe_code)]
-
+pub mod abi;
 pub mod config;
 pub mod identity;
+pub mod pairs;
+mod roots;
 mod stats;
 
-use std::cell::RefCell;
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use log::{debug, error, info, warn};
 use meshauthz_table::Request;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 
+use abi::Action;
 use config::{FilterConfig, Mode, XfccMode};
 use identity::PeerIdentity;
+use pairs::Pairs;
+use roots::Roots;
 use stats::Stats;
 
 /// The deny reply, byte for byte what Envoy's RBAC filter sends.
 pub const DENY_STATUS: u32 = 403;
 pub const DENY_BODY: &[u8] = b"RBAC: access denied";
+/// What Envoy's `%RESPONSE_CODE_DETAILS%` shows for a request this filter denied.
+pub const DENY_DETAILS: &str = "meshauthz_access_denied";
 const XFCC: &str = "x-forwarded-client-cert";
 /// Peer certificates remembered at once; the cache is cleared when it fills.
 const IDENTITY_CACHE_LIMIT: usize = 4096;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
-
 /// What a peer certificate gives every request on its connections.
 #[derive(Debug)]
 struct Peer {
@@ -52,266 +56,288 @@ struct Peer {
     xfcc: String,
 }
 
-/// State shared by the root context and the HTTP contexts it creates.
-#[derive(Default)]
-struct Shared {
-    /// `None` until a valid configuration arrives: requests are then denied.
-    config: Option<Rc<FilterConfig>>,
-    stats: Option<Rc<Stats>>,
-    /// Counters of replaced configurations, flushed until no stream holds them any more.
-    retired_stats: Vec<Rc<Stats>>,
-    peers: HashMap<Vec<u8>, Rc<Peer>>,
+/// One filter configuration (an Envoy root context) and its counters.
+#[derive(Debug)]
+struct Configured {
+    config: FilterConfig,
+    stats: Stats,
 }
 
-#[derive(Default)]
-struct Root {
-    shared: Rc<RefCell<Shared>>,
+/// The VM's state. Envoy runs one VM per worker thread and calls it from that thread only.
+#[derive(Debug)]
+struct State {
+    roots: Roots<Configured>,
+    peers: HashMap<Box<[u8]>, Rc<Peer>>,
 }
 
-impl Context for Root {}
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State { roots: Roots::new(), peers: HashMap::new() });
+}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let started = self.get_current_time();
-        // Follow Envoy's `wasm` log level, so `--component-log-level wasm:debug` turns on the
-        // per-decision log lines; below Info nothing per request is formatted.
-        if let Ok(level) = proxy_wasm::hostcalls::get_log_level() {
-            proxy_wasm::set_log_level(level);
-        }
-        let bytes = self.get_plugin_configuration();
-        match FilterConfig::parse(bytes.as_deref()) {
-            Ok(config) => {
-                let stats = Stats::define(&config.table);
-                let elapsed = self.get_current_time().duration_since(started).unwrap_or_default();
-                info!(
-                    "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?} configure_ms={:.3}",
-                    config.table.policy_count(),
-                    config.table.rule_count(),
-                    config.mode,
-                    config.xfcc,
-                    elapsed.as_secs_f64() * 1000.0
-                );
-                let mut shared = self.shared.borrow_mut();
-                // Contexts already created keep the configuration they started with, so a
-                // request in flight finishes under one table.
-                shared.config = Some(Rc::new(config));
-                if let Some(old) = shared.stats.replace(Rc::new(stats)) {
-                    shared.retired_stats.push(old);
-                }
-                drop(shared);
-                self.set_tick_period(stats::FLUSH_PERIOD);
-                true
-            }
-            Err(e) => {
-                error!("meshauthz: rejecting configuration: {e}");
-                false
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
-        let mut shared = self.shared.borrow_mut();
-        if let Some(s) = &shared.stats {
-            s.flush();
-        }
-        shared.retired_stats.retain(|s| {
-            s.flush();
-            Rc::strong_count(s) > 1
-        });
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let shared = self.shared.borrow();
-        Some(Box::new(Stream {
-            shared: Rc::clone(&self.shared),
-            config: shared.config.clone(),
-            stats: shared.stats.clone(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+fn on_context_create(context_id: u32, root_context_id: u32) {
+    // Root contexts (parent 0) are set up by `on_configure`.
+    if root_context_id != 0 {
+        STATE.with_borrow_mut(|s| s.roots.stream_created(context_id, root_context_id));
     }
 }
 
-/// What the evaluator needs from the request headers.
-struct RequestHeaders {
-    authority: String,
-    method: String,
-    values: Vec<Option<String>>,
-}
-
-struct Stream {
-    shared: Rc<RefCell<Shared>>,
-    config: Option<Rc<FilterConfig>>,
-    stats: Option<Rc<Stats>>,
-}
-
-impl Context for Stream {}
-
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
-            warn!("meshauthz: no valid table; denying");
-            return self.deny();
-        };
-        let peer = self.peer();
-        let principal = peer.as_ref().and_then(|p| p.identity.principal.as_deref());
-        let RequestHeaders {
-            authority,
-            method,
-            values: header_values,
-        } = self.request_headers(&config);
-        let source_ip = if config.table.uses_source_ip() {
-            self.get_property(vec!["source", "address"]).and_then(|b| parse_ip(&b))
-        } else {
-            None
-        };
-        let header_slots: Vec<Option<&str>> = header_values.iter().map(Option::as_deref).collect();
-        let request = Request {
-            principal,
-            source_ip,
-            authority: &authority,
-            port: 0,
-            method: &method,
-            headers: &header_slots,
-        };
-        // The port costs a host call: fetched only if a candidate rule gets as far as its ports.
-        let port = std::cell::Cell::new(None);
-        let decision = config.table.evaluate_with_port(&request, &|| {
-            let p = self
-                .get_property(vec!["destination", "port"])
-                .and_then(|b| le_u16(&b))
-                .unwrap_or(0);
-            port.set(Some(p));
-            p
-        });
-        if let Some(stats) = &self.stats {
-            stats.record(&decision, config.mode);
+fn on_configure(root_context_id: u32, size: usize) -> bool {
+    let started = abi::now_nanos();
+    // Follow Envoy's `wasm` log level, so `--component-log-level wasm:debug` turns on the
+    // per-decision log lines; below Info nothing per request is formatted.
+    abi::init_logging(abi::log_level().unwrap_or(log::LevelFilter::Info));
+    let bytes = match abi::plugin_configuration(size) {
+        Ok(bytes) => bytes,
+        Err(status) => {
+            error!("meshauthz: rejecting configuration: cannot read it from Envoy ({status:?})");
+            return false;
         }
-        if log::log_enabled!(log::Level::Debug) {
-            let by = decision.by.map(|b| (config.table.policy_name(b.policy), b.rule));
-            debug!(
-                "meshauthz: decision={} mode={:?} policy={} rule={} principal={} host={authority} port={} method={method}",
-                if decision.allowed { "allow" } else { "deny" },
+    };
+    match FilterConfig::parse(bytes.as_deref()) {
+        Ok(config) => {
+            let stats = Stats::define(&config.table);
+            let elapsed_ms = match (started, abi::now_nanos()) {
+                (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6,
+                _ => 0.0,
+            };
+            info!(
+                "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?} configure_ms={elapsed_ms:.3}",
+                config.table.policy_count(),
+                config.table.rule_count(),
                 config.mode,
-                by.map_or("none", |b| b.0),
-                by.and_then(|b| b.1).map_or("none".into(), |r| r.to_string()),
-                principal.unwrap_or("-"),
-                port.get().map_or("-".into(), |p| p.to_string()),
+                config.xfcc,
             );
+            let replaced = STATE.with_borrow_mut(|s| {
+                s.roots
+                    .configure(root_context_id, Rc::new(Configured { config, stats }))
+            });
+            if let Some(old) = replaced {
+                old.stats.flush();
+            }
+            abi::set_tick_period(stats::FLUSH_PERIOD_MS);
+            true
         }
-        if !decision.allowed && config.mode == Mode::Enforce {
-            return self.deny();
+        Err(e) => {
+            error!("meshauthz: rejecting configuration: {e}");
+            false
         }
-        self.forward_client_cert(config.xfcc, peer.as_deref());
-        Action::Continue
     }
 }
 
-impl Stream {
-    fn deny(&self) -> Action {
-        self.send_http_response(DENY_STATUS, vec![("content-type", "text/plain")], Some(DENY_BODY));
-        Action::Pause
+/// Flushes the root's counters, and those of roots found gone ([`roots`]) before their
+/// tables are dropped.
+fn on_tick(root_context_id: u32) {
+    let tick = STATE.with_borrow_mut(|s| s.roots.tick(root_context_id));
+    if let Some(c) = tick.ticked {
+        c.stats.flush();
     }
+    for (id, c) in tick.gone {
+        c.stats.flush();
+        info!("meshauthz: dropped the table of root context {id}, which stopped ticking");
+    }
+}
 
-    /// The peer's identity, from the cache keyed by the certificate digest, parsing the
-    /// certificate on a miss. `None` on plaintext.
-    fn peer(&self) -> Option<Rc<Peer>> {
-        let digest = self.get_property(vec!["connection", "sha256_peer_certificate_digest"])?;
-        if digest.is_empty() {
-            return None;
+fn on_request_headers(context_id: u32) -> Action {
+    let Some(configured) = STATE.with_borrow(|s| s.roots.of_stream(context_id)) else {
+        warn!("meshauthz: no valid table for this stream; denying");
+        return deny();
+    };
+    let config = &configured.config;
+    let peer = peer();
+    let principal = peer.as_ref().and_then(|p| p.identity.principal.as_deref());
+    let buffer = match abi::request_header_pairs() {
+        Ok(Some(buffer)) => buffer,
+        other => {
+            warn!(
+                "meshauthz: cannot read the request headers ({:?}); denying",
+                other.err()
+            );
+            return deny();
         }
-        if let Some(p) = self.shared.borrow().peers.get(&digest) {
-            return Some(Rc::clone(p));
-        }
-        let identity = match self.get_property(vec!["connection", "peer_certificate"]) {
-            Some(pem) => match identity::from_pem(&pem) {
-                Ok(id) => id,
-                Err(e) => {
-                    warn!("meshauthz: {e}; the request has no principal");
-                    identity::from_uri_sans(Vec::new(), Vec::new())
-                }
-            },
-            // Envoys without `connection.peer_certificate`: the first URI SAN is all there is.
-            None => {
-                let uri = self.get_property(vec!["connection", "uri_san_peer_certificate"]);
-                let uris = uri
-                    .and_then(|u| String::from_utf8(u).ok())
-                    .into_iter()
-                    .filter(|u| !u.is_empty());
-                identity::from_uri_sans(uris.collect(), Vec::new())
+    };
+    let Some(headers) = RequestHeaders::read(&buffer, config) else {
+        warn!("meshauthz: malformed request headers from Envoy; denying");
+        return deny();
+    };
+    let source_ip = if config.table.uses_source_ip() {
+        abi::property(b"source\0address")
+            .ok()
+            .flatten()
+            .and_then(|b| parse_ip(&b))
+    } else {
+        None
+    };
+    let header_slots: Vec<Option<&str>> = headers.values.iter().map(|v| v.as_deref()).collect();
+    let request = Request {
+        principal,
+        source_ip,
+        authority: &headers.authority,
+        port: 0,
+        method: &headers.method,
+        headers: &header_slots,
+    };
+    // The port costs a host call: fetched only if a candidate rule gets as far as its ports.
+    let port = Cell::new(None);
+    let decision = config.table.evaluate_with_port(&request, &|| {
+        let p = abi::property(b"destination\0port")
+            .ok()
+            .flatten()
+            .and_then(|b| le_u16(&b))
+            .unwrap_or(0);
+        port.set(Some(p));
+        p
+    });
+    configured.stats.record(&decision, config.mode);
+    if log::log_enabled!(log::Level::Debug) {
+        let by = decision.by.map(|b| (config.table.policy_name(b.policy), b.rule));
+        debug!(
+            "meshauthz: decision={} mode={:?} policy={} rule={} principal={} host={} port={} method={}",
+            if decision.allowed { "allow" } else { "deny" },
+            config.mode,
+            by.map_or("none", |b| b.0),
+            by.and_then(|b| b.1).map_or("none".into(), |r| r.to_string()),
+            principal.unwrap_or("-"),
+            headers.authority,
+            port.get().map_or("-".into(), |p| p.to_string()),
+            headers.method,
+        );
+    }
+    if !decision.allowed && config.mode == Mode::Enforce {
+        return deny();
+    }
+    forward_client_cert(config.xfcc, peer.as_deref(), headers.xfcc.as_deref());
+    Action::Continue
+}
+
+fn deny() -> Action {
+    let headers = pairs::serialize(&[("content-type", "text/plain")]);
+    abi::send_local_response(DENY_STATUS, DENY_DETAILS, DENY_BODY, &headers);
+    Action::Pause
+}
+
+/// The peer's identity, from the cache keyed by the certificate digest, parsing the
+/// certificate on a miss. `None` on plaintext.
+fn peer() -> Option<Rc<Peer>> {
+    let digest = abi::property(b"connection\0sha256_peer_certificate_digest").ok()??;
+    if digest.is_empty() {
+        return None;
+    }
+    if let Some(p) = STATE.with_borrow(|s| s.peers.get(&digest).cloned()) {
+        return Some(p);
+    }
+    let text = |path: &[u8]| {
+        abi::property(path)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b.into_vec()).ok())
+            .unwrap_or_default()
+    };
+    let identity = match abi::property(b"connection\0peer_certificate") {
+        Ok(Some(pem)) => match identity::from_pem(&pem) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!("meshauthz: {e}; the request has no principal");
+                identity::from_uri_sans(Vec::new(), Vec::new())
             }
-        };
-        if let Some(why) = &identity.rejected {
-            warn!("meshauthz: peer certificate is not an X.509-SVID ({why}); the request has no principal");
+        },
+        // Envoys without `connection.peer_certificate`: the first URI SAN is all there is.
+        _ => {
+            let uri = text(b"connection\0uri_san_peer_certificate");
+            identity::from_uri_sans(Some(uri).into_iter().filter(|u| !u.is_empty()).collect(), Vec::new())
         }
-        let text = |path: Vec<&str>| {
-            self.get_property(path)
-                .and_then(|b| String::from_utf8(b).ok())
-                .unwrap_or_default()
-        };
-        let local = text(vec!["connection", "uri_san_local_certificate"]);
-        let local: Vec<String> = Some(local).into_iter().filter(|l| !l.is_empty()).collect();
-        let subject = text(vec!["connection", "subject_peer_certificate"]);
-        let hash = String::from_utf8_lossy(&digest).into_owned();
-        let xfcc = identity::xfcc_element(&local, &hash, &subject, &identity);
-        let peer = Rc::new(Peer { identity, xfcc });
-        let mut shared = self.shared.borrow_mut();
-        if shared.peers.len() >= IDENTITY_CACHE_LIMIT {
-            shared.peers.clear();
-        }
-        shared.peers.insert(digest, Rc::clone(&peer));
-        Some(peer)
+    };
+    if let Some(why) = &identity.rejected {
+        warn!("meshauthz: peer certificate is not an X.509-SVID ({why}); the request has no principal");
     }
+    let local = text(b"connection\0uri_san_local_certificate");
+    let local: Vec<String> = Some(local).into_iter().filter(|l| !l.is_empty()).collect();
+    let subject = text(b"connection\0subject_peer_certificate");
+    let hash = String::from_utf8_lossy(&digest).into_owned();
+    let xfcc = identity::xfcc_element(&local, &hash, &subject, &identity);
+    let peer = Rc::new(Peer { identity, xfcc });
+    STATE.with_borrow_mut(|s| {
+        if s.peers.len() >= IDENTITY_CACHE_LIMIT {
+            s.peers.clear();
+        }
+        s.peers.insert(digest, Rc::clone(&peer));
+    });
+    Some(peer)
+}
 
-    /// `:authority`, `:method` and the headers the table references (in its slot order; repeated
-    /// headers joined with `,`), all from one host call rather than one per header. (Measured
-    /// against two single-header calls: no difference in server CPU within the noise, and one
-    /// call fewer whatever the policy references.)
-    fn request_headers(&self, config: &FilterConfig) -> RequestHeaders {
+/// What the evaluator needs from the request headers, borrowed from Envoy's buffer where it
+/// can be. Header values that are not UTF-8 are read with replacement characters, so they can
+/// only fail to match a pattern that their bytes would not match either.
+struct RequestHeaders<'a> {
+    authority: Cow<'a, str>,
+    method: Cow<'a, str>,
+    /// The incoming `x-forwarded-client-cert` (repeated headers joined with `,`).
+    xfcc: Option<Cow<'a, str>>,
+    /// The headers the table references, in its slot order (repeated headers joined with `,`).
+    values: Vec<Option<Cow<'a, str>>>,
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// All of it from the one `proxy_get_header_map_pairs` call rather than one call per header.
+    fn read(buffer: &'a [u8], config: &FilterConfig) -> Option<RequestHeaders<'a>> {
         let names = config.table.header_names();
         let mut h = RequestHeaders {
-            authority: String::new(),
-            method: String::new(),
+            authority: Cow::Borrowed(""),
+            method: Cow::Borrowed(""),
+            xfcc: None,
             values: vec![None; names.len()],
         };
-        for (name, value) in self.get_http_request_headers() {
-            match name.as_str() {
-                ":authority" => h.authority = value,
-                ":method" => h.method = value,
+        for (name, value) in Pairs::parse(buffer)?.iter() {
+            let value = String::from_utf8_lossy(value);
+            match name {
+                b":authority" => h.authority = value,
+                b":method" => h.method = value,
                 _ => {
-                    if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(&name)) {
-                        let slot = &mut h.values[i];
-                        match slot {
-                            Some(v) => {
-                                v.push(',');
-                                v.push_str(&value);
-                            }
-                            None => *slot = Some(value),
-                        }
+                    if name.eq_ignore_ascii_case(XFCC.as_bytes()) {
+                        join(&mut h.xfcc, value.clone());
+                    }
+                    if let Some(i) = names.iter().position(|n| n.as_bytes().eq_ignore_ascii_case(name)) {
+                        join(&mut h.values[i], value);
                     }
                 }
             }
         }
-        h
+        Some(h)
     }
+}
 
-    fn forward_client_cert(&self, mode: XfccMode, peer: Option<&Peer>) {
-        match (mode, peer) {
-            (XfccMode::Off, _) => {}
-            (XfccMode::SanitizeSet, Some(p)) => self.set_http_request_header(XFCC, Some(&p.xfcc)),
-            (XfccMode::SanitizeSet, None) => self.set_http_request_header(XFCC, None),
-            (XfccMode::AppendForward, Some(p)) => {
-                let value = match self.get_http_request_header(XFCC) {
-                    Some(prev) if !prev.is_empty() => format!("{prev},{}", p.xfcc),
-                    _ => p.xfcc.clone(),
-                };
-                self.set_http_request_header(XFCC, Some(&value));
-            }
-            // Plaintext: nothing of ours to append; a previous hop's element is kept.
-            (XfccMode::AppendForward, None) => {}
+fn join<'a>(slot: &mut Option<Cow<'a, str>>, value: Cow<'a, str>) {
+    match slot {
+        Some(v) => {
+            let v = v.to_mut();
+            v.push(',');
+            v.push_str(&value);
         }
+        None => *slot = Some(value),
+    }
+}
+
+/// This hop's `x-forwarded-client-cert`. `incoming` is what the request arrived with: with
+/// `sanitize_set` it never reaches the upstream (a client cannot vouch for itself).
+fn forward_client_cert(mode: XfccMode, peer: Option<&Peer>, incoming: Option<&str>) {
+    match (mode, peer) {
+        (XfccMode::Off, _) => {}
+        (XfccMode::SanitizeSet, Some(p)) => {
+            abi::replace_request_header(XFCC, &p.xfcc);
+        }
+        (XfccMode::SanitizeSet, None) => {
+            if incoming.is_some() {
+                abi::remove_request_header(XFCC);
+            }
+        }
+        (XfccMode::AppendForward, Some(p)) => {
+            let value = match incoming {
+                Some(prev) if !prev.is_empty() => Cow::Owned(format!("{prev},{}", p.xfcc)),
+                _ => Cow::Borrowed(p.xfcc.as_str()),
+            };
+            abi::replace_request_header(XFCC, &value);
+        }
+        // Plaintext: nothing of ours to append; a previous hop's element is kept.
+        (XfccMode::AppendForward, None) => {}
     }
 }
 

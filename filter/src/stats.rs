@@ -9,20 +9,17 @@
 //! | `meshauthz.policy.<name>.allowed` / `.denied` | decisions a policy's rule decided |
 //!
 //! A request only bumps counters in Wasm memory; the root context hands them to Envoy on a
-//! timer ([`FLUSH_PERIOD`]), which saves two host calls per request. `/stats` may therefore lag
+//! timer ([`FLUSH_PERIOD_MS`]), which saves two host calls per request. `/stats` may therefore lag
 //! by up to one period.
 
 use std::cell::Cell;
-use std::time::Duration;
 
-use meshauthz_table::{Action, Decision, Table};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
-
+use crate::abi;
 use crate::config::Mode;
+use meshauthz_table::{Action, Decision, Table};
 
 /// How often counted requests reach Envoy's stats.
-pub(crate) const FLUSH_PERIOD: Duration = Duration::from_millis(250);
+pub(crate) const FLUSH_PERIOD_MS: u32 = 250;
 
 /// One Envoy counter and what has been counted since the last flush.
 #[derive(Debug)]
@@ -34,7 +31,7 @@ struct Counter {
 impl Counter {
     fn define(name: &str) -> Counter {
         Counter {
-            id: hostcalls::define_metric(MetricType::Counter, name).ok(),
+            id: abi::define_counter(name),
             pending: Cell::new(0),
         }
     }
@@ -47,7 +44,7 @@ impl Counter {
     fn flush(&self) {
         let n = self.pending.replace(0);
         if let (Some(id), true) = (self.id, n > 0) {
-            let _ = hostcalls::increment_metric(id, n as i64);
+            abi::increment_counter(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 }

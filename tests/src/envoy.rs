@@ -95,13 +95,21 @@ impl Envoy {
 
     /// CPU time (user + system) the process has used so far, from `/proc`.
     pub fn cpu_time(&self) -> Option<Duration> {
+        self.cpu_times().map(|(user, system)| user + system)
+    }
+
+    /// User and system CPU time the process has used so far, apart. User time is Envoy's own
+    /// work (filters, V8); system time also carries the loopback network stack, which the kernel
+    /// charges to whichever process happens to be running, so it is the noisier half.
+    pub fn cpu_times(&self) -> Option<(Duration, Duration)> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
         // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
         let rest = stat.rsplit_once(')')?.1;
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
         let hz = 100; // USER_HZ on Linux
-        Some(Duration::from_millis(ticks * 1000 / hz))
+        let at = |t: u64| Duration::from_millis(t * 1000 / hz);
+        Some((at(ticks(11)?), at(ticks(12)?)))
     }
 
     pub fn admin(&self) -> SocketAddr {

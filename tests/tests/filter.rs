@@ -30,6 +30,8 @@ fn config_for(yaml: &str, mode: Mode, xfcc: Xfcc) -> String {
 }
 
 /// A CA, credentials for the server and several clients, an echo upstream, and one Envoy.
+/// Every listener's filter has the same `vm_config`, so Envoy runs them all in one VM: each
+/// stream must be decided by its own listener's configuration (enforce vs shadow, XFCC modes).
 struct Fixture {
     dir: tempfile::TempDir,
     envoy: Envoy,

@@ -370,16 +370,18 @@ fn run() -> Result<(), String> {
                 let startup_ms = started.elapsed().as_millis();
                 // Warm-up: connections, V8 tiers, the identity cache.
                 let _ = fixed_rate(client_port, args.rate, 1)?;
-                let cpu_before = server.cpu_time();
+                let cpu_before = server.cpu_times();
                 let wall = Instant::now();
                 let rps = throughput(client_port, args.seconds, &script)?;
                 // The server Envoy's own CPU per request: what the filter adds, without the
                 // noise of the client side sharing the two cores.
-                let cpu_us = match (cpu_before, server.cpu_time()) {
-                    (Some(a), Some(b)) => {
-                        Some((b - a).as_secs_f64() * 1e6 / (rps * wall.elapsed().as_secs_f64()).max(1.0))
+                let requests = (rps * wall.elapsed().as_secs_f64()).max(1.0);
+                let per_request = |d: Duration| d.as_secs_f64() * 1e6 / requests;
+                let (cpu_us, user_us) = match (cpu_before, server.cpu_times()) {
+                    (Some((u0, s0)), Some((u1, s1))) => {
+                        (Some(per_request((u1 + s1) - (u0 + s0))), Some(per_request(u1 - u0)))
                     }
-                    _ => None,
+                    _ => (None, None),
                 };
                 let (p50, p99, allowed) = fixed_rate(client_port, args.rate, args.seconds)?;
                 let configure_ms = server
@@ -396,7 +398,7 @@ fn run() -> Result<(), String> {
                     // Configured on the main thread and on the worker: the slower one.
                     .reduce(f64::max);
                 let r = json!({"round": round, "rules": size, "variant": v.name(), "rps": rps, "p50_us": p50, "p99_us": p99,
-                    "allowed_share": allowed, "startup_ms": startup_ms, "configure_ms": configure_ms, "server_cpu_us": cpu_us});
+                    "allowed_share": allowed, "startup_ms": startup_ms, "configure_ms": configure_ms, "server_cpu_us": cpu_us, "server_user_us": user_us});
                 eprintln!("{r}");
                 results.push(r);
                 drop(server);
