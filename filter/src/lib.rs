@@ -48,6 +48,8 @@ pub const DENY_DETAILS: &str = "meshauthz_access_denied";
 const XFCC: &str = "x-forwarded-client-cert";
 /// Peer certificates remembered at once; the cache is cleared when it fills.
 const IDENTITY_CACHE_LIMIT: usize = 4096;
+/// Connections remembered at once; the cache is cleared when it fills.
+const CONNECTION_CACHE_LIMIT: usize = 4096;
 /// What a peer certificate gives every request on its connections.
 #[derive(Debug)]
 struct Peer {
@@ -63,15 +65,33 @@ struct Configured {
     stats: Stats,
 }
 
+/// What a downstream connection gives every request on it. Both are fixed for the
+/// connection's life (Envoy's server-side TLS never renegotiates), so they are looked up once
+/// per connection instead of once per request: a property read is the most expensive host
+/// call there is (see `BENCHMARKS.md`).
+#[derive(Debug)]
+struct Connection {
+    peer: Option<Rc<Peer>>,
+    /// `destination.port`, once a decision needed it.
+    port: Cell<Option<u16>>,
+}
+
 /// The VM's state. Envoy runs one VM per worker thread and calls it from that thread only.
 #[derive(Debug)]
 struct State {
     roots: Roots<Configured>,
+    /// By certificate digest: a client's new connections skip parsing its certificate again.
     peers: HashMap<Box<[u8]>, Rc<Peer>>,
+    /// By Envoy's connection ID, which Envoy assigns and never reuses within a process.
+    connections: HashMap<u64, Rc<Connection>>,
 }
 
 thread_local! {
-    static STATE: RefCell<State> = RefCell::new(State { roots: Roots::new(), peers: HashMap::new() });
+    static STATE: RefCell<State> = RefCell::new(State {
+        roots: Roots::new(),
+        peers: HashMap::new(),
+        connections: HashMap::new(),
+    });
 }
 
 fn on_context_create(context_id: u32, root_context_id: u32) {
@@ -143,8 +163,9 @@ fn on_request_headers(context_id: u32) -> Action {
         return deny();
     };
     let config = &configured.config;
-    let peer = peer();
-    let principal = peer.as_ref().and_then(|p| p.identity.principal.as_deref());
+    let connection = connection();
+    let peer = connection.peer.as_deref();
+    let principal = peer.and_then(|p| p.identity.principal.as_deref());
     let buffer = match abi::request_header_pairs() {
         Ok(Some(buffer)) => buffer,
         other => {
@@ -179,11 +200,15 @@ fn on_request_headers(context_id: u32) -> Action {
     // The port costs a host call: fetched only if a candidate rule gets as far as its ports.
     let port = Cell::new(None);
     let decision = config.table.evaluate_with_port(&request, &|| {
-        let p = abi::property(b"destination\0port")
-            .ok()
-            .flatten()
-            .and_then(|b| le_u16(&b))
-            .unwrap_or(0);
+        let p = connection.port.get().unwrap_or_else(|| {
+            let p = abi::property(b"destination\0port")
+                .ok()
+                .flatten()
+                .and_then(|b| le_u16(&b))
+                .unwrap_or(0);
+            connection.port.set(Some(p));
+            p
+        });
         port.set(Some(p));
         p
     });
@@ -205,7 +230,7 @@ fn on_request_headers(context_id: u32) -> Action {
     if !decision.allowed && config.mode == Mode::Enforce {
         return deny();
     }
-    forward_client_cert(config.xfcc, peer.as_deref(), headers.xfcc.as_deref());
+    forward_client_cert(config.xfcc, peer, headers.xfcc.as_deref());
     Action::Continue
 }
 
@@ -213,6 +238,28 @@ fn deny() -> Action {
     let headers = pairs::serialize(&[("content-type", "text/plain")]);
     abi::send_local_response(DENY_STATUS, DENY_DETAILS, DENY_BODY, &headers);
     Action::Pause
+}
+
+/// The request's connection: one host call (`connection_id`) when it is known, the peer
+/// identity and the port looked up on its first request.
+fn connection() -> Rc<Connection> {
+    let id = abi::property(b"connection_id").ok().flatten().and_then(|b| le_u64(&b));
+    if let Some(c) = id.and_then(|id| STATE.with_borrow(|s| s.connections.get(&id).cloned())) {
+        return c;
+    }
+    let connection = Rc::new(Connection {
+        peer: peer(),
+        port: Cell::new(None),
+    });
+    if let Some(id) = id {
+        STATE.with_borrow_mut(|s| {
+            if s.connections.len() >= CONNECTION_CACHE_LIMIT {
+                s.connections.clear();
+            }
+            s.connections.insert(id, Rc::clone(&connection));
+        });
+    }
+    connection
 }
 
 /// The peer's identity, from the cache keyed by the certificate digest, parsing the
@@ -343,8 +390,12 @@ fn forward_client_cert(mode: XfccMode, peer: Option<&Peer>, incoming: Option<&st
 
 /// `destination.port` is an 8-byte little-endian integer.
 fn le_u16(bytes: &[u8]) -> Option<u16> {
-    let raw: [u8; 8] = bytes.try_into().ok()?;
-    u16::try_from(u64::from_le_bytes(raw)).ok()
+    u16::try_from(le_u64(bytes)?).ok()
+}
+
+/// Integer properties (`connection_id`, `destination.port`) are 8 bytes, little-endian.
+fn le_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 /// `source.address` is `ip:port` (IPv6 in brackets), or a bare IP.
