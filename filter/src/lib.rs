@@ -12,9 +12,11 @@
 //!
 //! Cheap by construction: the filter speaks the proxy-wasm ABI itself ([`abi`]) and exports
 //! only the callbacks it needs, so Envoy enters the VM twice per request (context create,
-//! request headers) where an SDK filter is entered six times; the request costs three host
-//! calls (certificate digest, all request headers in one call, then the XFCC header or the
-//! local reply), plus `destination.port` only when a candidate rule gets as far as its ports.
+//! request headers) where an SDK filter is entered six times. A request costs three host
+//! calls: `connection_id`, all request headers in one call, then the XFCC header or the local
+//! reply. The peer identity (certificate digest, parsed once per certificate) and
+//! `destination.port` (only when a candidate rule gets as far as its ports) are looked up on a
+//! connection's first request and remembered for the connection.
 //! A stream is decided by its own root context's table ([`roots`]).
 
 pub mod abi;
@@ -312,8 +314,8 @@ fn peer() -> Option<Rc<Peer>> {
 }
 
 /// What the evaluator needs from the request headers, borrowed from Envoy's buffer where it
-/// can be. Header values that are not UTF-8 are read with replacement characters, so they can
-/// only fail to match a pattern that their bytes would not match either.
+/// can be. Header values that are not UTF-8 are read with each invalid sequence replaced by
+/// U+FFFD (SEMANTICS.md).
 struct RequestHeaders<'a> {
     authority: Cow<'a, str>,
     method: Cow<'a, str>,
