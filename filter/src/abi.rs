@@ -53,7 +53,7 @@ pub enum Action {
 }
 
 /// Envoy's log levels, as the ABI numbers them.
-pub fn level_code(level: log::Level) -> u32 {
+fn level_code(level: log::Level) -> u32 {
     match level {
         log::Level::Trace => 0,
         log::Level::Debug => 1,
@@ -219,7 +219,7 @@ fn returned(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Result<Option
     }
 }
 
-pub fn log(level: log::Level, message: &str) {
+fn log(level: log::Level, message: &str) {
     // SAFETY: pointer and length describe `message`, which outlives the call.
     unsafe { host::proxy_log(level_code(level), message.as_ptr(), message.len()) };
 }

@@ -29,8 +29,10 @@ mod stats;
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::LazyLock;
 
 use log::{debug, error, info, warn};
 use meshauthz_table::Request;
@@ -48,10 +50,11 @@ pub const DENY_BODY: &[u8] = b"RBAC: access denied";
 /// What Envoy's `%RESPONSE_CODE_DETAILS%` shows for a request this filter denied.
 pub const DENY_DETAILS: &str = "meshauthz_access_denied";
 const XFCC: &str = "x-forwarded-client-cert";
-/// Peer certificates remembered at once; the cache is cleared when it fills.
-const IDENTITY_CACHE_LIMIT: usize = 4096;
-/// Connections remembered at once; the cache is cleared when it fills.
-const CONNECTION_CACHE_LIMIT: usize = 4096;
+/// Peer certificates, and connections, remembered at once; a cache is cleared when it fills.
+const CACHE_LIMIT: usize = 4096;
+/// The deny reply's headers, serialized once for every denied request.
+static DENY_HEADERS: LazyLock<Vec<u8>> = LazyLock::new(|| pairs::serialize(&[("content-type", "text/plain")]));
+
 /// What a peer certificate gives every request on its connections.
 #[derive(Debug)]
 struct Peer {
@@ -237,9 +240,17 @@ fn on_request_headers(context_id: u32) -> Action {
 }
 
 fn deny() -> Action {
-    let headers = pairs::serialize(&[("content-type", "text/plain")]);
-    abi::send_local_response(DENY_STATUS, DENY_DETAILS, DENY_BODY, &headers);
+    abi::send_local_response(DENY_STATUS, DENY_DETAILS, DENY_BODY, &DENY_HEADERS);
     Action::Pause
+}
+
+/// Inserts into a cache of at most [`CACHE_LIMIT`] entries, clearing it when full: the entries
+/// are cheap to rebuild, and clearing keeps the bound without bookkeeping per request.
+fn insert_bounded<K: Hash + Eq, V>(cache: &mut HashMap<K, V>, key: K, value: V) {
+    if cache.len() >= CACHE_LIMIT {
+        cache.clear();
+    }
+    cache.insert(key, value);
 }
 
 /// The request's connection: one host call (`connection_id`) when it is known, the peer
@@ -255,10 +266,7 @@ fn connection() -> Rc<Connection> {
     });
     if let Some(id) = id {
         STATE.with_borrow_mut(|s| {
-            if s.connections.len() >= CONNECTION_CACHE_LIMIT {
-                s.connections.clear();
-            }
-            s.connections.insert(id, Rc::clone(&connection));
+            insert_bounded(&mut s.connections, id, Rc::clone(&connection));
         });
     }
     connection
@@ -305,10 +313,7 @@ fn peer() -> Option<Rc<Peer>> {
     let xfcc = identity::xfcc_element(&local, &hash, &subject, &identity);
     let peer = Rc::new(Peer { identity, xfcc });
     STATE.with_borrow_mut(|s| {
-        if s.peers.len() >= IDENTITY_CACHE_LIMIT {
-            s.peers.clear();
-        }
-        s.peers.insert(digest, Rc::clone(&peer));
+        insert_bounded(&mut s.peers, digest, Rc::clone(&peer));
     });
     Some(peer)
 }

@@ -282,23 +282,13 @@ fn bench(args: &[String]) -> Result {
     let envoy = envoy_binary().ok_or("no Envoy after setup")?;
     let out_dir = root().join("target/bench");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
-    let mut load = cargo();
-    load.args([
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "meshauthz-benches",
-        "--bin",
-        "envoy-load",
-        "--",
-    ])
-    .arg("--wasm")
-    .arg(&wasm)
-    .arg("--noop-wasm")
-    .arg(&noop)
-    .args(load_args)
-    .env("MESHAUTHZ_ENVOY", envoy);
+    let mut load = bench_bin("envoy-load");
+    load.arg("--wasm")
+        .arg(&wasm)
+        .arg("--noop-wasm")
+        .arg(&noop)
+        .args(load_args)
+        .env("MESHAUTHZ_ENVOY", envoy);
     eprintln!("xtask: running {load:?}");
     let out = load
         .stderr(std::process::Stdio::inherit())
@@ -309,21 +299,27 @@ fn bench(args: &[String]) -> Result {
     }
     let results = out_dir.join("envoy-load.json");
     std::fs::write(&results, &out.stdout).map_err(|e| e.to_string())?;
-    run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "meshauthz-benches",
-            "--bin",
-            "bench-report",
-            "--",
-            "--load",
-        ])
+    run(bench_bin("bench-report")
+        .arg("--load")
         .arg(&results)
         .arg("--out")
         .arg(root().join("BENCHMARKS.md")))
+}
+
+/// `cargo run` of one of the benchmark crate's binaries (release), ready for its arguments.
+fn bench_bin(name: &str) -> Command {
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "meshauthz-benches",
+        "--bin",
+        name,
+        "--",
+    ]);
+    c
 }
 
 /// wrk (and h2load) from Debian, if missing.
