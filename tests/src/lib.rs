@@ -12,6 +12,7 @@ pub mod http;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use echo::Echo;
 pub use envoy::Envoy;
@@ -64,10 +65,64 @@ pub fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool, wh
     }
 }
 
-/// A port that was free on `ip` a moment ago.
+/// A port on `ip` that nothing listened on a moment ago and that no other caller in this process
+/// has been given.
+///
+/// Binding port 0 and releasing it is not enough when tests run in parallel: the kernel hands
+/// the same ephemeral port to the next caller, or to an outgoing connection (curl, Envoy's
+/// upstream connections) before Envoy binds it. So ports are drawn from outside the kernel's
+/// ephemeral range, where no connect() lands, through a process-wide counter that never repeats,
+/// starting at an offset taken from the process id so that concurrent processes spread apart.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (lo, hi) = listen_range();
+    let span = u32::from(hi - lo) + 1;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = lo + offset as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} in {lo}..={hi}")
+}
+
+/// The widest block of ports outside `net.ipv4.ip_local_port_range` (kept above 20000, clear of
+/// the fixed ports the guide uses), or the ephemeral range itself if the kernel leaves no room.
+fn listen_range() -> (u16, u16) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let below = (20000, ephemeral.0.saturating_sub(1));
+    let above = (ephemeral.1.saturating_add(1).max(20000), 65535);
+    let size = |(a, b): (u16, u16)| b.saturating_sub(a);
+    let best = if size(below) >= size(above) { below } else { above };
+    if size(best) >= 1000 { best } else { ephemeral }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port(Ipv4Addr::LOCALHOST)).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "a port was handed out twice: {ports:?}");
+        let (lo, hi) = listen_range();
+        assert!(
+            ports.iter().all(|p| (lo..=hi).contains(p)),
+            "{ports:?} outside {lo}..={hi}"
+        );
+        for p in &ports[..10] {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, *p)).expect("the port is free");
+        }
+    }
 }
