@@ -129,7 +129,20 @@ fn tls_files(dir: &Path) -> (String, String, String) {
     (f("certificates.pem"), f("private_key.pem"), f("ca_certificates.pem"))
 }
 
-fn server_bootstrap(admin: u16, port: u16, certs: &Path, filters: &str) -> String {
+/// How the server's HCM treats `x-forwarded-client-cert`. Every variant forwards the client's
+/// certificate to the upstream as the guide's sidecars do, so all four do the same job: meshauthz
+/// sets the header itself (the HCM only strips what the client sent), the others have the HCM set
+/// the same element natively.
+fn xfcc_handling(v: Variant) -> &'static str {
+    match v {
+        Variant::Meshauthz => "forward_client_cert_details: SANITIZE",
+        Variant::NoFilter | Variant::NativeRbac | Variant::NoopWasm => {
+            "forward_client_cert_details: SANITIZE_SET\n          set_current_client_cert_details: {subject: true, uri: true, dns: true}"
+        }
+    }
+}
+
+fn server_bootstrap(admin: u16, port: u16, certs: &Path, filters: &str, xfcc: &str) -> String {
     let (cert, key, ca) = tls_files(certs);
     format!(
         r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
@@ -151,6 +164,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: inbound
+          {xfcc}
           route_config:
             virtual_hosts:
             - name: all
@@ -358,12 +372,20 @@ fn run() -> Result<(), String> {
     let mut results = Vec::new();
     for round in 0..args.rounds {
         for &size in &args.sizes {
-            for &v in &args.variants {
+            // A different order each round, so that no variant always follows the same one
+            // (say, native RBAC's 10,000-rule run, which leaves the machine warm and busy).
+            let mut order = args.variants.clone();
+            let shift = round % order.len().max(1);
+            order.rotate_left(shift);
+            for &v in &order {
                 let admin = free_port(Ipv4Addr::LOCALHOST);
                 let boot = dir.path().join(format!("server-{}-{size}.yaml", v.name()));
                 let filters = filters_for(v, &args, size, server_port)?;
-                std::fs::write(&boot, server_bootstrap(admin, server_port, &server_certs, &filters))
-                    .map_err(|e| e.to_string())?;
+                std::fs::write(
+                    &boot,
+                    server_bootstrap(admin, server_port, &server_certs, &filters, xfcc_handling(v)),
+                )
+                .map_err(|e| e.to_string())?;
                 let log = dir.path().join(format!("server-{}-{size}-{round}.log", v.name()));
                 let started = Instant::now();
                 let server = Envoy::start_quiet(&boot, (Ipv4Addr::LOCALHOST, admin).into(), &log)?;
