@@ -9,7 +9,7 @@
 //! and round).
 //!
 //! Usage: envoy-load --wasm MESHAUTHZ.wasm --noop-wasm NOOP.wasm [--sizes 1,100,1000,10000]
-//!        [--rounds 2] [--seconds 4] [--rate 400] [--variants none,rbac,noop_wasm,meshauthz]
+//!        [--rounds 5] [--seconds 4] [--rate 400] [--variants none,rbac,noop_wasm,meshauthz]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -67,7 +67,7 @@ fn parse_args() -> Result<Args, String> {
         wasm: PathBuf::new(),
         noop: PathBuf::new(),
         sizes: vec![1, 100, 1000, 10000],
-        rounds: 2,
+        rounds: 5,
         seconds: 4,
         rate: 400,
         variants: Variant::ALL.to_vec(),
