@@ -112,6 +112,11 @@ impl Envoy {
         Some((at(ticks(11)?), at(ticks(12)?)))
     }
 
+    /// The Envoy process's ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn admin(&self) -> SocketAddr {
         self.admin
     }

@@ -149,7 +149,8 @@ fn load(path: &Path) -> Result<String, String> {
          Half the requests are allowed (GET, matched by the last rule), half denied (POST).\n\
          Every variant forwards the client certificate (XFCC) as the guide's sidecars do: meshauthz itself,\n\
          the others through the HCM's `SANITIZE_SET`. The variants run in a different order each round.\n\
-         Throughput: wrk, 1 thread, 16 connections. Latency: a fixed rate over 4 keep-alive connections.\n\
+         Throughput: wrk, 1 thread, 16 connections. Latency: a fixed rate over 4 keep-alive connections, with the\n\
+         server Envoy alone on one CPU and the client side on the other.\n\
          Ratios and differences are taken within each round, then the median over rounds (and the range).\n"
     );
     let _ = writeln!(
