@@ -340,17 +340,18 @@ impl<'a> RequestHeaders<'a> {
             xfcc: None,
             values: vec![None; names.len()],
         };
+        // Only the values used are checked as UTF-8; the rest (`:path`, `user-agent`, ...) are skipped.
+        let text = String::from_utf8_lossy;
         for (name, value) in Pairs::parse(buffer)?.iter() {
-            let value = String::from_utf8_lossy(value);
             match name {
-                b":authority" => h.authority = value,
-                b":method" => h.method = value,
+                b":authority" => h.authority = text(value),
+                b":method" => h.method = text(value),
                 _ => {
                     if name.eq_ignore_ascii_case(XFCC.as_bytes()) {
-                        join(&mut h.xfcc, value.clone());
+                        join(&mut h.xfcc, text(value));
                     }
                     if let Some(i) = names.iter().position(|n| n.as_bytes().eq_ignore_ascii_case(name)) {
-                        join(&mut h.values[i], value);
+                        join(&mut h.values[i], text(value));
                     }
                 }
             }

@@ -102,7 +102,7 @@ impl Envoy {
     /// work (filters, V8); system time also carries the loopback network stack, which the kernel
     /// charges to whichever process happens to be running, so it is the noisier half.
     pub fn cpu_times(&self) -> Option<(Duration, Duration)> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
         // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
         let rest = stat.rsplit_once(')')?.1;
         let fields: Vec<&str> = rest.split_whitespace().collect();
