@@ -23,18 +23,23 @@ fn decisions(c: &mut Criterion) {
         let set = wire::decode(&bytes).expect("decodes");
         let reqs = requests(&w, 256, 9);
         // Headers resolved up front, as the filter does before it calls evaluate.
-        let slots: Vec<Vec<Option<String>>> = reqs
+        let slots: Vec<Vec<Vec<&str>>> = reqs
             .iter()
             .map(|r| {
                 table
                     .header_names()
                     .iter()
-                    .map(|h| r.headers.iter().find(|(k, _)| k == h).map(|(_, v)| v.clone()))
-                    .collect()
+                    .map(|h| {
+                        r.headers
+                            .iter()
+                            .filter(|(k, _)| k == h)
+                            .map(|(_, v)| v.as_str())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
-        let slot_refs: Vec<Vec<Option<&str>>> =
-            slots.iter().map(|s| s.iter().map(|v| v.as_deref()).collect()).collect();
+        let slot_refs: Vec<Vec<&[&str]>> = slots.iter().map(|s| s.iter().map(Vec::as_slice).collect()).collect();
         let requests: Vec<Request<'_>> = reqs
             .iter()
             .zip(&slot_refs)

@@ -6,6 +6,11 @@
 //! ```
 //! Unknown keys are rejected: a misspelt `mode` must not silently leave a filter enforcing (or
 //! worse, not enforcing) something other than what the operator wrote.
+//!
+//! Builds with the test-only `fault-injection` feature also take `"fail_host_calls": [...]`,
+//! host call names ([`crate::host::Property`] names, `request_headers`, `set_request_header`,
+//! `remove_request_header`) that then fail, to prove that every failure denies. Release builds
+//! reject the key like any other unknown key.
 
 use base64::Engine;
 use meshauthz_table::Table;
@@ -36,7 +41,13 @@ struct RawConfig {
     mode: Mode,
     #[serde(default)]
     xfcc: XfccMode,
+    #[cfg(feature = "fault-injection")]
+    #[serde(default)]
+    fail_host_calls: Vec<String>,
 }
+
+/// Host calls names that a `fault-injection` build fails on purpose.
+pub const FAULTABLE_CALLS: &[&str] = &["request_headers", "set_request_header", "remove_request_header"];
 
 /// A validated configuration, ready for requests.
 #[derive(Debug)]
@@ -44,6 +55,8 @@ pub struct FilterConfig {
     pub table: Table,
     pub mode: Mode,
     pub xfcc: XfccMode,
+    /// Host calls to fail (only ever non-empty in `fault-injection` builds).
+    pub fail_host_calls: Vec<String>,
 }
 
 /// Why a configuration was refused (logged by `on_configure`, which then returns false).
@@ -76,10 +89,24 @@ impl FilterConfig {
             .decode(raw.table.as_bytes())
             .map_err(|e| ConfigError::Base64(e.to_string()))?;
         let table = Table::from_bytes(&table_bytes).map_err(|e| ConfigError::Table(e.to_string()))?;
+        #[cfg(feature = "fault-injection")]
+        let fail_host_calls = {
+            for name in &raw.fail_host_calls {
+                if crate::host::Property::from_name(name).is_none() && !FAULTABLE_CALLS.contains(&name.as_str()) {
+                    return Err(ConfigError::Json(format!(
+                        "fail_host_calls: unknown host call `{name}`"
+                    )));
+                }
+            }
+            raw.fail_host_calls
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let fail_host_calls = Vec::new();
         Ok(FilterConfig {
             table,
             mode: raw.mode,
             xfcc: raw.xfcc,
+            fail_host_calls,
         })
     }
 }
@@ -106,6 +133,12 @@ mod tests {
         ));
         assert!(matches!(
             FilterConfig::parse(Some(br#"{"table":"","mode":"audit"}"#)),
+            Err(ConfigError::Json(_))
+        ));
+        // Only a fault-injection build knows the key.
+        #[cfg(not(feature = "fault-injection"))]
+        assert!(matches!(
+            FilterConfig::parse(Some(br#"{"table":"","fail_host_calls":["source.address"]}"#)),
             Err(ConfigError::Json(_))
         ));
     }

@@ -1,8 +1,9 @@
 //! The peer's identity from its certificate: the X.509-SVID rule and the XFCC element.
 //!
 //! An X.509-SVID carries exactly one URI SAN, a valid SPIFFE ID. A certificate with none, two,
-//! or an invalid one gives no principal: the request is then treated like plaintext, which can
-//! only narrow what it is allowed (a `*` principal never matches an absent one).
+//! or an invalid one establishes no identity: that is an authentication failure, and the
+//! filter denies the request whatever the policies say (treating it as plaintext would let a
+//! certificate with two URI SANs slip past a `DENY` on one of them).
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -10,10 +11,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 /// What one peer certificate gives a request. Built once per certificate, then cached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
-    /// The SPIFFE ID, if the certificate is a valid X.509-SVID.
-    pub principal: Option<String>,
-    /// Why there is no principal (for the log), if there is none.
-    pub rejected: Option<String>,
+    /// The SPIFFE ID, or why the certificate is not a valid X.509-SVID.
+    pub principal: Result<String, String>,
     /// Every URI SAN, in certificate order (XFCC `URI=`).
     pub uris: Vec<String>,
     /// Every DNS SAN, in certificate order (XFCC `DNS=`).
@@ -41,33 +40,26 @@ pub fn from_pem(pem: &[u8]) -> Result<PeerIdentity, String> {
 
 /// Applies the X.509-SVID rule to the URI SANs.
 pub fn from_uri_sans(uris: Vec<String>, dns: Vec<String>) -> PeerIdentity {
-    let (principal, rejected) = match uris.as_slice() {
-        [] => (None, Some("the certificate has no URI SAN".to_owned())),
+    let principal = match uris.as_slice() {
+        [] => Err("the certificate has no URI SAN".to_owned()),
         [one] => match meshauthz_table::spiffe::validate(one) {
-            Ok(()) => (Some(one.clone()), None),
-            Err(e) => (None, Some(format!("URI SAN `{one}` is not a SPIFFE ID: {e}"))),
+            Ok(()) => Ok(one.clone()),
+            Err(e) => Err(format!("URI SAN `{one}` is not a SPIFFE ID: {e}")),
         },
-        more => (
-            None,
-            Some(format!(
-                "the certificate has {} URI SANs; an X.509-SVID has exactly one",
-                more.len()
-            )),
-        ),
+        more => Err(format!(
+            "the certificate has {} URI SANs; an X.509-SVID has exactly one",
+            more.len()
+        )),
     };
-    PeerIdentity {
-        principal,
-        rejected,
-        uris,
-        dns,
-    }
+    PeerIdentity { principal, uris, dns }
 }
 
-/// This hop's XFCC element, with the keys in the order and quoting Envoy uses for
-/// `forward_client_cert_details: SANITIZE_SET` with `subject`, `uri` and `dns` set:
-/// `By=<local URI SAN>;Hash=<sha256 hex>;Subject="<RFC 2253>";URI=<uri>[;DNS=<dns>]...`
-pub fn xfcc_element(local_uris: &[String], hash: &str, subject: &str, peer: &PeerIdentity) -> String {
-    let mut parts: Vec<String> = local_uris.iter().map(|u| format!("By={u}")).collect();
+/// The peer's part of this hop's XFCC element, with the keys in the order and quoting Envoy
+/// uses for `forward_client_cert_details: SANITIZE_SET` with `subject`, `uri` and `dns` set:
+/// `Hash=<sha256 hex>;Subject="<RFC 2253>";URI=<uri>[;DNS=<dns>]...`. The element starts with
+/// `By=<local URI SAN>;`, which belongs to the connection, not the peer ([`xfcc_element`]).
+pub fn xfcc_peer_part(hash: &str, subject: &str, peer: &PeerIdentity) -> String {
+    let mut parts: Vec<String> = Vec::new();
     if !hash.is_empty() {
         parts.push(format!("Hash={hash}"));
     }
@@ -79,6 +71,14 @@ pub fn xfcc_element(local_uris: &[String], hash: &str, subject: &str, peer: &Pee
     parts.extend(peer.uris.iter().map(|u| format!("URI={u}")));
     parts.extend(peer.dns.iter().map(|d| format!("DNS={d}")));
     parts.join(";")
+}
+
+/// The whole element: `By=` for this hop's URI SAN (if it has one), then the peer's part.
+pub fn xfcc_element(local_uri: Option<&str>, peer_part: &str) -> String {
+    match local_uri {
+        Some(by) => format!("By={by};{peer_part}"),
+        None => peer_part.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -100,24 +100,25 @@ mod tests {
     #[test]
     fn svid_rule() {
         let one = from_pem(cert_pem(&["spiffe://td/ns/a/sa/b"], &["b.example"]).as_bytes()).expect("parses");
-        assert_eq!(one.principal.as_deref(), Some("spiffe://td/ns/a/sa/b"));
+        assert_eq!(one.principal.as_deref(), Ok("spiffe://td/ns/a/sa/b"));
         assert_eq!(one.dns, vec!["b.example".to_owned()]);
         let two = from_pem(cert_pem(&["spiffe://td/a", "spiffe://td/b"], &[]).as_bytes()).expect("parses");
-        assert_eq!(two.principal, None);
-        assert!(two.rejected.as_deref().is_some_and(|r| r.contains("2 URI SANs")));
+        assert!(two.principal.as_ref().is_err_and(|r| r.contains("2 URI SANs")));
         let none = from_pem(cert_pem(&[], &["x"]).as_bytes()).expect("parses");
-        assert_eq!(none.principal, None);
+        assert!(none.principal.is_err());
         let bad = from_pem(cert_pem(&["spiffe://TD/x"], &[]).as_bytes()).expect("parses");
-        assert_eq!(bad.principal, None);
+        assert!(bad.principal.is_err());
         assert!(from_pem(b"not a certificate").is_err());
     }
 
     #[test]
     fn xfcc_layout() {
         let peer = from_uri_sans(vec!["spiffe://td/ns/a/sa/c".into()], vec!["c1".into(), "c2".into()]);
+        let part = xfcc_peer_part("abc", "CN=c,O=x", &peer);
         assert_eq!(
-            xfcc_element(&["spiffe://td/ns/a/sa/s".into()], "abc", "CN=c,O=x", &peer),
+            xfcc_element(Some("spiffe://td/ns/a/sa/s"), &part),
             "By=spiffe://td/ns/a/sa/s;Hash=abc;Subject=\"CN=c,O=x\";URI=spiffe://td/ns/a/sa/c;DNS=c1;DNS=c2"
         );
+        assert_eq!(xfcc_element(None, &part), part);
     }
 }

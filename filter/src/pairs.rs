@@ -6,7 +6,7 @@
 //! (the caller fails closed), never as a panic.
 
 /// The header pairs of one buffer.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Pairs<'a> {
     lengths: &'a [u8],
     bytes: &'a [u8],
@@ -33,7 +33,7 @@ impl<'a> Pairs<'a> {
         (at == bytes.len()).then_some(Pairs { lengths, bytes })
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    pub fn iter(self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
         let bytes = self.bytes;
         let mut at = 0usize;
         self.lengths.chunks_exact(8).map(move |pair| {

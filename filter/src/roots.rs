@@ -67,18 +67,13 @@ impl<T> Roots<T> {
         }
     }
 
-    /// The configuration deciding `stream`; `None` (deny) if its root has none.
+    /// The configuration deciding `stream`; `None` (deny) if its root has none, or if the
+    /// stream is not (or no longer) known: never another root's table, even when only one
+    /// configuration exists (a second listener's configuration may just have failed to load).
     pub(crate) fn of_stream(&self, stream: u32) -> Option<Rc<T>> {
         match self.streams.get(stream as usize % STREAM_SLOTS) {
             Some(&(id, root)) if id == stream => self.roots.get(&root).map(|r| Rc::clone(&r.value)),
-            // Fell out of the ring: only unambiguous when there is a single configuration.
-            _ => {
-                let mut roots = self.roots.values();
-                match (roots.next(), roots.next()) {
-                    (Some(only), None) => Some(Rc::clone(&only.value)),
-                    _ => None,
-                }
-            }
+            _ => None,
         }
     }
 
@@ -135,12 +130,16 @@ mod tests {
     }
 
     #[test]
-    fn a_single_root_decides_unannounced_streams() {
+    fn unannounced_streams_are_denied_even_with_a_single_root() {
         let mut roots = Roots::new();
         roots.configure(1, Rc::new("a"));
-        assert_eq!(roots.of_stream(99).as_deref(), Some(&"a"));
+        assert_eq!(roots.of_stream(99), None);
+        roots.stream_created(99, 1);
         assert_eq!(roots.configure(1, Rc::new("a2")).as_deref(), Some(&"a"));
         assert_eq!(roots.of_stream(99).as_deref(), Some(&"a2"));
+        // A stream of a root whose configuration was refused, beside a configured one.
+        roots.stream_created(100, 2);
+        assert_eq!(roots.of_stream(100), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! | `meshauthz.allowed` | requests let through (shadow mode: also those it would deny) |
 //! | `meshauthz.denied` | requests answered 403 |
 //! | `meshauthz.shadow_denied` | requests shadow mode would have denied |
+//! | `meshauthz.refused` | requests denied without a policy decision: a certificate that is not an X.509-SVID, a failed host call, a source address that is not the peer's (also counted in `denied`) |
 //! | `meshauthz.policy.<name>.allowed` / `.denied` | decisions a policy's rule decided |
 //!
 //! A request only bumps counters in Wasm memory; the root context hands them to Envoy on a
@@ -54,6 +55,7 @@ pub(crate) struct Stats {
     allowed: Counter,
     denied: Counter,
     shadow_denied: Counter,
+    refused: Counter,
     /// Per policy: the counter its matches feed (allowed for ALLOW policies, denied for DENY).
     per_policy: Vec<Counter>,
 }
@@ -73,6 +75,7 @@ impl Stats {
             allowed: Counter::define("meshauthz.allowed"),
             denied: Counter::define("meshauthz.denied"),
             shadow_denied: Counter::define("meshauthz.shadow_denied"),
+            refused: Counter::define("meshauthz.refused"),
             per_policy,
         }
     }
@@ -92,11 +95,19 @@ impl Stats {
         }
     }
 
+    /// A request denied without a policy decision, in either mode.
+    #[inline]
+    pub(crate) fn record_refusal(&self) {
+        self.refused.bump();
+        self.denied.bump();
+    }
+
     /// Hands everything counted so far to Envoy.
     pub(crate) fn flush(&self) {
         self.allowed.flush();
         self.denied.flush();
         self.shadow_denied.flush();
+        self.refused.flush();
         self.per_policy.iter().for_each(Counter::flush);
     }
 }

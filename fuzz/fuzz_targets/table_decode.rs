@@ -16,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
     }
     for bytes in [data, &fixed[..]] {
         if let Ok(table) = Table::from_bytes(bytes) {
-            let headers = vec![Some("x"); table.header_names().len()];
+            let values: &[&str] = &["x", "y"];
+            let headers = vec![values; table.header_names().len()];
             let _ = table.evaluate(&Request {
                 principal: Some("spiffe://td/ns/a/sa/b"),
                 source_ip: Some([10, 0, 0, 1].into()),

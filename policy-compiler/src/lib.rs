@@ -87,6 +87,24 @@ pub fn compile_sources(inputs: &[(String, String)], deny_warnings: bool) -> Resu
     Ok(Compiled { set, warnings: diags })
 }
 
+/// The host as the documented HCM hands it to the filter and the router:
+/// `strip_any_host_port` drops a `:port` (also after `[v6]`), `strip_trailing_host_dot` one
+/// trailing dot. `policy-compiler check` applies it to `--host`, as Envoy would.
+pub fn hcm_host(raw: &str) -> &str {
+    let mut host = raw;
+    let port_start = if host.starts_with('[') {
+        host.find(']').map(|i| i + 1).filter(|&i| host[i..].starts_with(':'))
+    } else {
+        host.rfind(':').filter(|&i| !host[..i].contains(':'))
+    };
+    if let Some(i) = port_start {
+        if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) {
+            host = &host[..i];
+        }
+    }
+    host.strip_suffix('.').unwrap_or(host)
+}
+
 /// Reads and compiles policy files.
 pub fn compile_files(paths: &[impl AsRef<Path>], deny_warnings: bool) -> Result<Compiled, CompileError> {
     let mut inputs = Vec::new();
@@ -114,6 +132,12 @@ pub fn compile_files(paths: &[impl AsRef<Path>], deny_warnings: bool) -> Result<
 /// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a
 /// failure leaves the previous content (or no file) in place.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomically_mode(path, bytes, 0o644)
+}
+
+/// [`write_atomically`] with the file's permission bits (compiled tables and plugin
+/// configurations are 0644: the Envoy that loads them may run as another user).
+pub fn write_atomically_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -121,6 +145,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

@@ -63,6 +63,9 @@ enum Command {
         /// A compiled table instead of policy files.
         #[arg(long, conflicts_with = "policies")]
         table: Option<PathBuf>,
+        /// The request's Host / `:authority`. As the HCM that envoy-config generates (and the
+        /// README documents) does, a `:port` and one trailing dot are stripped before the
+        /// policies see it (`strip_any_host_port`, `strip_trailing_host_dot`).
         #[arg(long)]
         host: String,
         #[arg(long)]
@@ -74,7 +77,8 @@ enum Command {
         principal: Option<String>,
         #[arg(long)]
         source_ip: Option<IpAddr>,
-        /// A request header, NAME:VALUE; repeat for more (repeated names are joined with `,`).
+        /// A request header, NAME:VALUE; repeat for more (a repeated name is one header with
+        /// several values: a DENY matches any of them, or the `,`-joined whole).
         #[arg(long = "header", value_name = "NAME:VALUE")]
         headers: Vec<String>,
     },
@@ -170,25 +174,22 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 (None, true) => return Err("check needs policy files or --table FILE".into()),
             };
             let table = Table::from_bytes(&bytes).map_err(|e| e.to_string())?;
-            let mut values: Vec<Option<String>> = vec![None; table.header_names().len()];
+            let mut values: Vec<Vec<&str>> = vec![Vec::new(); table.header_names().len()];
             for h in &headers {
                 let (name, value) = h
                     .split_once(':')
                     .ok_or_else(|| format!("--header {h}: expected NAME:VALUE"))?;
                 let name = name.trim().to_ascii_lowercase();
                 if let Some(i) = table.header_names().iter().position(|n| *n == name) {
-                    let slot = &mut values[i];
-                    *slot = Some(match slot.take() {
-                        Some(prev) => format!("{prev},{}", value.trim_start()),
-                        None => value.trim_start().to_owned(),
-                    });
+                    values[i].push(value.trim_start());
                 }
             }
-            let slots: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
+            let slots: Vec<&[&str]> = values.iter().map(Vec::as_slice).collect();
+            let host = meshauthz_policy_compiler::hcm_host(&host);
             let decision = table.evaluate(&Request {
                 principal: principal.as_deref(),
                 source_ip,
-                authority: &host,
+                authority: host,
                 port,
                 method: &method,
                 headers: &slots,

@@ -10,14 +10,18 @@ pub struct Request<'a> {
     pub principal: Option<&'a str>,
     /// The peer's address; `None` matches no `ipBlocks`.
     pub source_ip: Option<IpAddr>,
-    /// The raw `:authority` (normalized by the evaluator for host patterns).
+    /// `:authority` as Envoy's router sees it. Host patterns compare it case-insensitively and
+    /// remove nothing: the port and a trailing dot are the HCM's to strip
+    /// (`strip_any_host_port`, `strip_trailing_host_dot`), so that the host decided is the host
+    /// routed.
     pub authority: &'a str,
     /// The connection's local (destination) port.
     pub port: u16,
     pub method: &'a str,
-    /// Values of the headers the table references, indexed like
-    /// [`Table::header_names`](crate::Table::header_names); repeated headers joined with `,`.
-    pub headers: &'a [Option<&'a str>],
+    /// The values of each header the table references, indexed like
+    /// [`Table::header_names`](crate::Table::header_names): every value the header arrived
+    /// with, in order (Envoy keeps a repeated header as separate entries); empty when absent.
+    pub headers: &'a [&'a [&'a str]],
 }
 
 /// Which policy rule decided. `rule` is `None` for a policy without rules (it matches all).

@@ -76,8 +76,8 @@ fn dest_strategy() -> impl Strategy<Value = Destination> {
         prop::option::weighted(
             0.2,
             (
-                prop::sample::select(&["x-env", ":authority", "x-team"][..]),
-                prop::sample::select(&["prod|staging", "a.*", "service-test(:8000)?"][..]),
+                prop::sample::select(&["x-env", ":authority", "x-team", "x-id"][..]),
+                prop::sample::select(&["prod|staging", "a.*", "service-test(:8000)?", r"\d+", r"[\w,]+", "abc"][..]),
             ),
         ),
     )
@@ -127,10 +127,10 @@ fn request_strategy() -> impl Strategy<Value = Req> {
         prop::sample::select(METHODS).prop_map(str::to_owned),
         prop::collection::vec(
             (
-                prop::sample::select(&["x-env", "x-team", "X-Env"][..]),
-                prop::sample::select(&["prod", "staging", "abc", ""][..]),
+                prop::sample::select(&["x-env", "x-team", "X-Env", "x-id"][..]),
+                prop::sample::select(&["prod", "staging", "abc", "", "12", "\u{0661}\u{0662}", "prod,abc"][..]),
             ),
-            0..3,
+            0..4,
         ),
     )
         .prop_map(|(principal, source_ip, authority, port, method, headers)| Req {
@@ -218,11 +218,10 @@ fn guide_policy_decisions() {
     let client = Some("spiffe://p.svc.id.goog/ns/default/sa/client");
     let cases = [
         (req(client, "service-test", 8000, "GET"), (true, Some((0, Some(0))))),
-        (
-            req(client, "SERVICE-TEST:8000", 8000, "GET"),
-            (true, Some((0, Some(0)))),
-        ),
-        (req(client, "service-test.", 8000, "GET"), (true, Some((0, Some(0))))),
+        (req(client, "SERVICE-TEST", 8000, "GET"), (true, Some((0, Some(0))))),
+        // The HCM strips ports and trailing dots; one that reaches the table was not stripped.
+        (req(client, "service-test:8000", 8000, "GET"), (false, None)),
+        (req(client, "service-test.", 8000, "GET"), (false, None)),
         (req(client, "service-test", 8000, "POST"), (false, None)),
         (req(client, "service-test", 8000, "HEAD"), (false, None)),
         (req(client, "service-test", 8001, "GET"), (false, None)),
@@ -283,17 +282,15 @@ fn any_principal_never_matches_plaintext() {
     );
 }
 
+/// Hosts are compared as the router sees them: lowercased, nothing removed.
 #[test]
-fn host_normalization() {
+fn host_matching_removes_nothing() {
     let mut buf = [0u8; 255];
     for (raw, want) in [
-        ("Service-Test:8000", "service-test"),
-        ("service-test.", "service-test"),
-        ("service-test.:80", "service-test"),
-        ("[::1]:8000", "[::1]"),
-        ("[::1]", "[::1]"),
-        ("::1", "::1"),
-        ("host:abc", "host:abc"),
+        ("Service-Test", "service-test"),
+        ("Service-Test:8000", "service-test:8000"),
+        ("service-test.", "service-test."),
+        ("[::1]:8000", "[::1]:8000"),
         ("", ""),
     ] {
         assert_eq!(normalize_host(raw, &mut buf).as_ref(), want.as_bytes(), "{raw}");
@@ -301,6 +298,100 @@ fn host_normalization() {
     }
     let long = "A".repeat(300);
     assert_eq!(normalize_host(&long, &mut buf).as_ref(), "a".repeat(300).as_bytes());
+    let set = guide_policy();
+    let table = Table::new(&set).unwrap();
+    let client = Some("spiffe://p.svc.id.goog/ns/default/sa/client");
+    for host in [
+        "service-test:8000",
+        "service-test.",
+        "service-test:9999",
+        "service-test.:8000",
+    ] {
+        assert_eq!(
+            table_decision(&table, &req(client, host, 8000, "GET")),
+            (false, None),
+            "{host}"
+        );
+    }
+    assert!(table_decision(&table, &req(client, "SERVICE-TEST", 8000, "GET")).0);
+}
+
+/// A DENY on a header holds when any single value matches, or the joined value; an ALLOW only
+/// looks at the joined value (as Envoy's matchers do).
+#[test]
+fn repeated_headers_never_dodge_a_deny() {
+    let dest = |regex: &str| Destination {
+        hosts: vec![Pattern::Any],
+        ports: vec![80],
+        methods: vec![],
+        header: Some(HeaderMatch {
+            name: "x-role".into(),
+            regex: regex.into(),
+        }),
+    };
+    let policy = |name: &str, action, regex: &str| Policy {
+        name: name.into(),
+        action,
+        rules: vec![Rule {
+            sources: vec![],
+            destinations: vec![dest(regex)],
+        }],
+    };
+    let set = PolicySet {
+        policies: vec![
+            policy("deny-admin", Action::Deny, "admin"),
+            policy("allow-user", Action::Allow, "user"),
+        ],
+    };
+    let table = Table::new(&set).unwrap();
+    let with = |values: &[&str]| {
+        let mut r = req(None, "h", 80, "GET");
+        r.headers = values.iter().map(|v| ("x-role".to_owned(), (*v).to_owned())).collect();
+        let got = table_decision(&table, &r);
+        assert_eq!(got, reference(&set, &r), "{values:?}");
+        got
+    };
+    assert_eq!(with(&["admin"]), (false, Some((0, Some(0)))));
+    assert_eq!(with(&["admin", "admin"]), (false, Some((0, Some(0)))));
+    assert_eq!(with(&["user", "admin"]), (false, Some((0, Some(0)))));
+    assert_eq!(with(&["user"]), (true, Some((1, Some(0)))));
+    // ALLOW: the joined `user,user` is not `user`.
+    assert_eq!(with(&["user", "user"]), (false, None));
+}
+
+/// `\d`, `\w` and `\s` are ASCII, as in RE2 and ECMAScript.
+#[test]
+fn perl_classes_are_ascii() {
+    let set = PolicySet {
+        policies: vec![Policy {
+            name: "ids".into(),
+            action: Action::Allow,
+            rules: vec![Rule {
+                sources: vec![],
+                destinations: vec![Destination {
+                    hosts: vec![Pattern::Any],
+                    ports: vec![80],
+                    methods: vec![],
+                    header: Some(HeaderMatch {
+                        name: "x-id".into(),
+                        regex: r"\d+\s\w+".into(),
+                    }),
+                }],
+            }],
+        }],
+    };
+    let table = Table::new(&set).unwrap();
+    for (value, allowed) in [
+        ("12 ab", true),
+        ("\u{0661}\u{0662} ab", false),
+        ("12\u{00a0}ab", false),
+        ("12 \u{00e9}", false),
+    ] {
+        let mut r = req(None, "h", 80, "GET");
+        r.headers = vec![("x-id".into(), value.into())];
+        assert_eq!(table_decision(&table, &r).0, allowed, "{value:?}");
+        assert_eq!(reference(&set, &r).0, allowed, "reference: {value:?}");
+    }
 }
 
 /// A rule with more pattern combinations than the pair index takes (checked by source key

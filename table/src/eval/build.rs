@@ -2,11 +2,11 @@
 
 use regex::Regex;
 
-use super::clause::{Cidr, DestClause, HeaderSlot, Lit, SourceClause};
+use super::clause::{Cidr, DestClause, HeaderCheck, HeaderSlot, Lit, SourceClause};
 use super::keys::{ALWAYS, CidrKeysBuilder, PatternKeys};
 use super::{ALL_DESTS, BuildError, PolicyInfo, RuleInfo, Table};
 use crate::hash::FastMap;
-use crate::spec::{Action, Destination, PolicySet, Source};
+use crate::spec::{Action, Destination, Policy, PolicySet, Source};
 
 /// Above this many (source key, destination key) combinations a rule is indexed by its source
 /// keys alone, so one rule listing many principals and many hosts cannot blow the index up.
@@ -35,16 +35,10 @@ pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
             first_allow = Some(b.rules.len() as u32);
         }
         if policy.rules.is_empty() {
-            b.rule(pi as u32, None, &[], &[], &policy.name)?;
+            b.rule(pi as u32, None, &[], &[], policy)?;
         }
         for (ri, rule) in policy.rules.iter().enumerate() {
-            b.rule(
-                pi as u32,
-                Some(ri as u32),
-                &rule.sources,
-                &rule.destinations,
-                &policy.name,
-            )?;
+            b.rule(pi as u32, Some(ri as u32), &rule.sources, &rule.destinations, policy)?;
         }
     }
     b.principal_keys.finish();
@@ -110,7 +104,7 @@ impl Builder {
         index: Option<u32>,
         sources: &[Source],
         dests: &[Destination],
-        name: &str,
+        of: &Policy,
     ) -> Result<(), BuildError> {
         let rule = self.rules.len() as u32;
         // (clause id, key) for every way each side can match.
@@ -158,7 +152,11 @@ impl Builder {
             let id = self.dests.len() as u32;
             let header = match &d.header {
                 None => None,
-                Some(h) => Some((self.header_slot(&h.name), self.regex(&h.regex, name)?)),
+                Some(h) => Some(HeaderCheck {
+                    slot: self.header_slot(&h.name),
+                    regex: self.regex(&h.regex, &of.name)?,
+                    any_value: of.action == Action::Deny,
+                }),
             };
             let clause = DestClause {
                 hosts: d.hosts.iter().map(|p| Lit::new(p, true)).collect(),
@@ -215,7 +213,8 @@ impl Builder {
         if let Some(&id) = self.regex_ids.get(source.as_bytes()) {
             return Ok(id);
         }
-        let re = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+        let ascii = super::dialect::ascii_perl_classes(source);
+        let re = regex::RegexBuilder::new(&format!("^(?:{ascii})$"))
             .size_limit(1 << 20)
             .build()
             .map_err(|e| BuildError {

@@ -103,6 +103,39 @@ pub(crate) enum HeaderSlot {
     Named(u32),
 }
 
+/// `httpHeaderMatch`: one header, one anchored regex.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeaderCheck {
+    pub slot: HeaderSlot,
+    pub regex: u32,
+    /// In a DENY policy the regex also holds when any single value of a repeated header
+    /// matches, so repeating a header cannot dodge a DENY; ALLOW sees only the joined value.
+    pub any_value: bool,
+}
+
+impl HeaderCheck {
+    #[inline]
+    pub fn matches(&self, ctx: &Ctx<'_>, regexes: &[Regex]) -> bool {
+        let Some(re) = regexes.get(self.regex as usize) else {
+            return false;
+        };
+        let values: &[&str] = match self.slot {
+            HeaderSlot::Authority => std::slice::from_ref(&ctx.req.authority),
+            HeaderSlot::Method => std::slice::from_ref(&ctx.req.method),
+            HeaderSlot::Named(i) => ctx.req.headers.get(i as usize).copied().unwrap_or(&[]),
+        };
+        match values {
+            [] => false,
+            [one] => re.is_match(one),
+            many => {
+                (self.any_value && many.iter().any(|v| re.is_match(v)))
+                    // Envoy joins a repeated header with `,` for its own matchers.
+                    || re.is_match(&many.join(","))
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct SourceClause {
     pub rule: u32,
@@ -132,7 +165,7 @@ pub(crate) struct DestClause {
     pub hosts: Vec<Lit>,
     pub ports: Vec<u16>,
     pub methods: Vec<Box<[u8]>>,
-    pub header: Option<(HeaderSlot, u32)>,
+    pub header: Option<HeaderCheck>,
 }
 
 impl DestClause {
@@ -144,16 +177,6 @@ impl DestClause {
         (self.methods.is_empty() || self.methods.iter().any(|m| &m[..] == ctx.req.method.as_bytes()))
             && (self.hosts.is_empty() || self.hosts.iter().any(|l| l.matches(ctx.host)))
             && (self.ports.is_empty() || self.ports.contains(&ctx.port()))
-            && self.header.is_none_or(|(slot, re)| {
-                let value = match slot {
-                    HeaderSlot::Authority => Some(ctx.req.authority),
-                    HeaderSlot::Method => Some(ctx.req.method),
-                    HeaderSlot::Named(i) => ctx.req.headers.get(i as usize).copied().flatten(),
-                };
-                match (value, regexes.get(re as usize)) {
-                    (Some(v), Some(re)) => re.is_match(v),
-                    _ => false,
-                }
-            })
+            && self.header.is_none_or(|h| h.matches(ctx, regexes))
     }
 }

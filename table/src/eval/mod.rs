@@ -21,6 +21,7 @@
 
 mod build;
 mod clause;
+mod dialect;
 mod host;
 mod keys;
 

@@ -34,24 +34,10 @@ fn pattern_matches(p: &Pattern, value: &str) -> bool {
     }
 }
 
+/// What host patterns see: the `:authority` lowercased, nothing removed (the HCM strips
+/// ports and trailing dots before the filter, if configured to).
 pub fn reference_host(authority: &str) -> String {
-    let mut h = authority.to_lowercase();
-    if h.starts_with('[') {
-        if let Some(end) = h.find("]:") {
-            if h[end + 2..].chars().all(|c| c.is_ascii_digit()) && end + 2 < h.len() {
-                h.truncate(end + 1);
-            }
-        }
-    } else if h.matches(':').count() == 1 {
-        let i = h.find(':').unwrap();
-        if i + 1 < h.len() && h[i + 1..].chars().all(|c| c.is_ascii_digit()) {
-            h.truncate(i);
-        }
-    }
-    if h.ends_with('.') {
-        h.pop();
-    }
-    h
+    authority.to_ascii_lowercase()
 }
 
 pub fn unmap(ip: IpAddr) -> IpAddr {
@@ -84,23 +70,32 @@ fn source_matches(s: &Source, r: &Req) -> bool {
     principal_ok && ip_ok
 }
 
-fn header_value(r: &Req, name: &str) -> Option<String> {
+/// Every value of a header, in order; the pseudo-headers have exactly one.
+fn header_values(r: &Req, name: &str) -> Vec<String> {
     match name {
-        ":authority" | "host" => Some(r.authority.clone()),
-        ":method" => Some(r.method.clone()),
-        _ => {
-            let values: Vec<&str> = r
-                .headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-                .collect();
-            (!values.is_empty()).then(|| values.join(","))
-        }
+        ":authority" | "host" => vec![r.authority.clone()],
+        ":method" => vec![r.method.clone()],
+        _ => r
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect(),
     }
 }
 
-fn dest_matches(d: &Destination, r: &Req) -> bool {
+/// RE2 semantics for the classes that differ from Rust's: `\d`, `\w`, `\s`, `\b` are ASCII.
+/// The generated values are ASCII or whole non-ASCII words, so a byte regex without Unicode
+/// says exactly what RE2 says about them.
+fn full_match(regex: &str, value: &str) -> bool {
+    regex::bytes::RegexBuilder::new(&format!("^(?:{regex})$"))
+        .unicode(false)
+        .build()
+        .unwrap()
+        .is_match(value.as_bytes())
+}
+
+fn dest_matches(d: &Destination, r: &Req, action: Action) -> bool {
     let host = reference_host(&r.authority);
     let host_ok = d.hosts.iter().any(|p| {
         let lowered = match p {
@@ -113,15 +108,20 @@ fn dest_matches(d: &Destination, r: &Req) -> bool {
     });
     let header_ok = match &d.header {
         None => true,
-        Some(h) => header_value(r, &h.name)
-            .is_some_and(|v| regex::Regex::new(&format!("^(?:{})$", h.regex)).unwrap().is_match(&v)),
+        Some(h) => {
+            let values = header_values(r, &h.name);
+            // The joined value always counts; in a DENY policy each single value does too.
+            !values.is_empty()
+                && (full_match(&h.regex, &values.join(","))
+                    || (action == Action::Deny && values.iter().any(|v| full_match(&h.regex, v))))
+        }
     };
     host_ok && d.ports.contains(&r.port) && (d.methods.is_empty() || d.methods.contains(&r.method)) && header_ok
 }
 
-fn rule_matches(rule: &Rule, r: &Req) -> bool {
+fn rule_matches(rule: &Rule, r: &Req, action: Action) -> bool {
     (rule.sources.is_empty() || rule.sources.iter().any(|s| source_matches(s, r)))
-        && (rule.destinations.is_empty() || rule.destinations.iter().any(|d| dest_matches(d, r)))
+        && (rule.destinations.is_empty() || rule.destinations.iter().any(|d| dest_matches(d, r, action)))
 }
 
 /// (allowed, Some((policy, rule))) where rule None = policy without rules.
@@ -137,7 +137,7 @@ pub fn reference(set: &PolicySet, r: &Req) -> (bool, Option<(u32, Option<u32>)>)
                 }
                 p.rules
                     .iter()
-                    .position(|rule| rule_matches(rule, r))
+                    .position(|rule| rule_matches(rule, r, action))
                     .map(|ri| (pi as u32, Some(ri as u32)))
             })
     };
@@ -152,8 +152,18 @@ pub fn reference(set: &PolicySet, r: &Req) -> (bool, Option<(u32, Option<u32>)>)
 }
 
 pub fn table_decision(table: &Table, r: &Req) -> (bool, Option<(u32, Option<u32>)>) {
-    let values: Vec<Option<String>> = table.header_names().iter().map(|n| header_value(r, n)).collect();
-    let slots: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
+    let values: Vec<Vec<&str>> = table
+        .header_names()
+        .iter()
+        .map(|n| {
+            r.headers
+                .iter()
+                .filter(|(h, _)| h.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        })
+        .collect();
+    let slots: Vec<&[&str]> = values.iter().map(Vec::as_slice).collect();
     let d = table.evaluate(&Request {
         principal: r.principal.as_deref(),
         source_ip: r.source_ip,
