@@ -556,8 +556,11 @@ fn hcm(stat_prefix: &str, vhosts: Vec<Value>, filters: Vec<Value>, extra: Value)
         "route_config": {"name": stat_prefix, "virtual_hosts": vhosts},
         "http_filters": filters,
     });
-    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
+    if let Some(c) = config.as_object_mut() {
+        for (k, v) in crate::hcm::security_settings() {
+            c.insert(k.to_owned(), v);
+        }
+        for (k, v) in extra.as_object().into_iter().flatten() {
             c.insert(k.clone(), v.clone());
         }
     }
@@ -675,8 +678,9 @@ fn gateway_listener<'r>(
     backends_used: &mut Vec<&'r str>,
 ) -> Value {
     let vhosts = virtual_hosts(routes, backends_used);
-    // The gateway is the edge: it trusts no client-supplied forwarding headers.
-    let extra = json!({"use_remote_address": true, "forward_client_cert_details": "SANITIZE"});
+    // The gateway is the edge: it trusts no client-supplied forwarding headers (as every HCM
+    // here: `hcm::security_settings`).
+    let extra = json!({"forward_client_cert_details": "SANITIZE"});
     let mut chain = json!({"filters": [hcm(&format!("gateway_{}_{port}", g.name), vhosts, vec![router()], extra)]});
     if let Some(t) = tls.and_then(|t| downstream_tls(t, secrets)) {
         chain["transport_socket"] = t;

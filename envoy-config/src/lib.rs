@@ -8,5 +8,6 @@ pub mod ca;
 pub mod doctor;
 pub mod generate;
 pub mod guide;
+pub mod hcm;
 pub mod resources;
 pub mod workloads;

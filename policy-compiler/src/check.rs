@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use meshauthz_table::IpNet;
+use meshauthz_table::{IpNet, Pattern};
 
 /// An HTTP method is a token (RFC 9110 `tchar`s).
 pub fn is_http_token(s: &str) -> bool {
@@ -35,6 +35,44 @@ pub fn ip_block(text: &str) -> Result<(IpNet, bool), String> {
     };
     let net = IpNet::new(ip, len).ok_or_else(|| format!("prefix length /{len} is too long"))?;
     Ok((net, net.addr() != ip))
+}
+
+/// For an IPv4-mapped IPv6 block (`::ffff:a.b.c.d/len`, len >= 96), the IPv4 block it means.
+pub fn ipv4_mapped(net: &IpNet) -> Option<IpNet> {
+    let IpAddr::V6(v6) = net.addr() else {
+        return None;
+    };
+    let v4 = v6.to_ipv4_mapped()?;
+    (net.prefix_len() >= 96).then(|| IpNet::new(IpAddr::V4(v4), net.prefix_len() - 96))?
+}
+
+/// What a principal prefix or suffix pattern matches beyond what it seems to say, if anything:
+/// a prefix must end at a `/` after the trust domain, and a suffix cannot pin a trust domain.
+pub fn principal_pattern_trap(pattern: &Pattern) -> Option<String> {
+    match pattern {
+        Pattern::Prefix(p) => {
+            let rest = p.strip_prefix("spiffe://")?;
+            match rest.find('/') {
+                None => Some(format!(
+                    "cuts the trust domain: it also matches `{p}-other/...` and every trust domain starting \
+                     `{rest}`; end it with `/` (`{p}/*`)"
+                )),
+                Some(_) if !p.ends_with('/') => Some(format!(
+                    "cuts a path segment: it also matches `{p}-other` and `{p}x/...`; end it at a `/`"
+                )),
+                Some(_) => None,
+            }
+        }
+        Pattern::Suffix(s) if s.starts_with('/') => Some(format!(
+            "matches principals in every trust domain (`spiffe://any-domain/...{s}`); list the trust domains \
+             as exact IDs or prefixes"
+        )),
+        Pattern::Suffix(s) => Some(format!(
+            "matches principals in every trust domain and cuts a path segment (`.../x{s}` matches too); \
+             start it with `/`"
+        )),
+        _ => None,
+    }
 }
 
 /// Names an ECMAScript regex construct the `regex` engine does not have, if the pattern uses one.
@@ -86,6 +124,20 @@ mod tests {
         for bad in ["10.0.0.0/33", "300.1.1.1", "10.0.0.0/-1", "10.0.0.0/", "::/129", "x"] {
             assert!(ip_block(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn traps() {
+        let (mapped, _) = ip_block("::ffff:10.0.0.0/104").expect("parses");
+        assert_eq!(ipv4_mapped(&mapped).map(|n| n.to_string()), Some("10.0.0.0/8".into()));
+        assert_eq!(ipv4_mapped(&ip_block("2001:db8::/32").expect("parses").0), None);
+        let trap = |p: &str| principal_pattern_trap(&Pattern::parse(p).expect("pattern"));
+        assert!(trap("spiffe://td*").is_some_and(|t| t.contains("trust domain")));
+        assert!(trap("spiffe://td/ns/prod*").is_some_and(|t| t.contains("path segment")));
+        assert!(trap("*/sa/admin").is_some_and(|t| t.contains("every trust domain")));
+        assert!(trap("*admin").is_some_and(|t| t.contains("path segment")));
+        assert_eq!(trap("spiffe://td/ns/prod/*"), None);
+        assert_eq!(trap("spiffe://td/ns/prod/sa/x"), None);
     }
 
     #[test]

@@ -44,12 +44,14 @@ enum Command {
         /// Output file (`-` for standard output). Written atomically.
         #[arg(short, long)]
         output: PathBuf,
-        /// plugin-config: enforce decisions or only count them.
-        #[arg(long, value_enum, default_value = "enforce")]
-        mode: Mode,
-        /// plugin-config: how the filter writes x-forwarded-client-cert.
-        #[arg(long, value_enum, default_value = "sanitize_set")]
-        xfcc: Xfcc,
+        /// plugin-config and envoy-rbac: enforce decisions, or only count them (envoy-rbac:
+        /// `shadow_rules`).
+        /// (default enforce)
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// plugin-config: how the filter writes x-forwarded-client-cert (default sanitize_set).
+        #[arg(long, value_enum)]
+        xfcc: Option<Xfcc>,
         /// Treat warnings as errors.
         #[arg(long)]
         deny_warnings: bool,
@@ -130,6 +132,16 @@ fn run(command: Command) -> Result<ExitCode, String> {
             deny_warnings,
             policies,
         } => {
+            // An option the output cannot carry is an error, never silently dropped.
+            let takes_mode = matches!(emit, Emit::PluginConfig | Emit::EnvoyRbac);
+            if mode.is_some() && !takes_mode {
+                return Err("--mode applies to --emit plugin-config and --emit envoy-rbac only".into());
+            }
+            if xfcc.is_some() && emit != Emit::PluginConfig {
+                return Err("--xfcc applies to --emit plugin-config only".into());
+            }
+            let mode = mode.unwrap_or(Mode::Enforce);
+            let xfcc = xfcc.unwrap_or(Xfcc::SanitizeSet);
             let compiled = compile(&policies, deny_warnings)?;
             let table = compiled.table_bytes();
             let bytes = match emit {
@@ -138,7 +150,9 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 Emit::Json => emit::json_dump(&table)
                     .map_err(|e| format!("internal error: {e}"))?
                     .into_bytes(),
-                Emit::EnvoyRbac => meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set).into_bytes(),
+                Emit::EnvoyRbac => {
+                    meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set, mode == Mode::Shadow).into_bytes()
+                }
             };
             if output == Path::new("-") {
                 use std::io::Write;

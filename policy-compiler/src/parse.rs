@@ -26,7 +26,11 @@ const HEADER_FIELDS: &[&str] = &["headerName", "regexMatch"];
 
 /// Reads every policy document in `text`, reporting problems into `diags`.
 pub(crate) fn parse_file(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<ParsedPolicy> {
-    let mut p = Parser { file, diags };
+    let mut p = Parser {
+        file,
+        diags,
+        action: None,
+    };
     let docs = match MarkedYaml::load_from_str(text) {
         Ok(docs) => docs,
         Err(e) => {
@@ -60,6 +64,10 @@ pub(crate) fn parse_file(file: &str, text: &str, diags: &mut Vec<Diagnostic>) ->
 struct Parser<'a> {
     file: &'a str,
     diags: &'a mut Vec<Diagnostic>,
+    /// The action of the policy being read: a construct that can never match is an error in a
+    /// DENY policy (the author meant to forbid something, and forbids nothing) and a warning in
+    /// an ALLOW policy (it only ever denies).
+    action: Option<Action>,
 }
 
 type Node<'n> = MarkedYaml<'n>;
@@ -74,6 +82,13 @@ fn join(path: &str, field: &str) -> String {
     } else {
         format!("{path}.{field}")
     }
+}
+
+/// Whether an exact or prefix principal literal can start a SPIFFE ID (case-insensitively, as
+/// the scheme may be written either way).
+fn could_be_spiffe(literal: &str) -> bool {
+    let lower = literal.to_ascii_lowercase();
+    lower.starts_with("spiffe://") || "spiffe://".starts_with(&lower)
 }
 
 fn describe(node: &Node<'_>) -> &'static str {
@@ -106,6 +121,15 @@ impl Parser<'_> {
     fn error(&mut self, node: &Node<'_>, path: &str, message: String) {
         let (line, col) = pos(node);
         self.at(line, col, path, message);
+    }
+
+    /// A construct that can never match what its author meant ([`Parser::action`]).
+    fn trap(&mut self, node: &Node<'_>, path: &str, message: String) {
+        if self.action == Some(Action::Deny) {
+            self.error(node, path, format!("{message} (in a DENY policy this denies nothing)"));
+        } else {
+            self.warn(node, path, message);
+        }
     }
 
     fn warn(&mut self, node: &Node<'_>, path: &str, message: String) {
@@ -228,6 +252,7 @@ impl Parser<'_> {
                 }
             }),
         };
+        self.action = action;
         let mut rules = Vec::new();
         if let Some(list) = get("rules").and_then(|r| self.list(r, "rules")) {
             for (i, r) in list.iter().enumerate() {
@@ -312,6 +337,16 @@ impl Parser<'_> {
                             if cleared {
                                 self.warn(item, &item_path, format!("`{text}` has host bits set; it means {net}"));
                             }
+                            if let Some(v4) = check::ipv4_mapped(&net) {
+                                self.trap(
+                                    item,
+                                    &item_path,
+                                    format!(
+                                        "`{text}` is an IPv4-mapped IPv6 block, which never matches: Envoy reports \
+                                         IPv4 peers as IPv4; write `{v4}`"
+                                    ),
+                                );
+                            }
                             source.ip_blocks.push(net);
                         }
                         Err(e) => self.error(item, &item_path, format!("invalid IP block `{text}`: {e}")),
@@ -345,13 +380,25 @@ impl Parser<'_> {
 
     fn principal(&mut self, node: &Node<'_>, path: &str, text: &str) -> Option<Pattern> {
         let pattern = self.pattern(node, path, text, "principal")?;
-        if let Pattern::Exact(id) = &pattern {
-            if id.to_ascii_lowercase().starts_with("spiffe://") {
+        match &pattern {
+            Pattern::Exact(id) if id.to_ascii_lowercase().starts_with("spiffe://") => {
                 if let Err(e) = meshauthz_table::spiffe::validate(id) {
                     self.error(node, path, format!("invalid SPIFFE ID `{id}`: {e}"));
                     return None;
                 }
             }
+            Pattern::Exact(_) | Pattern::Prefix(_) if !could_be_spiffe(pattern.literal()) => self.trap(
+                node,
+                path,
+                format!(
+                    "principal `{text}` can never match: a principal is the SPIFFE ID of the peer's certificate \
+                     (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`)"
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(why) = check::principal_pattern_trap(&pattern) {
+            self.warn(node, path, format!("principal pattern `{text}` {why}"));
         }
         Some(pattern)
     }
@@ -419,6 +466,18 @@ impl Parser<'_> {
     fn host(&mut self, node: &Node<'_>, path: &str, text: &str) -> Option<Pattern> {
         let pattern = self.pattern(node, path, text, "host")?;
         let literal = pattern.literal();
+        if let Some((bracketed, port)) = literal.strip_prefix('[').and_then(|l| l.split_once("]:")) {
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+                self.error(
+                    node,
+                    path,
+                    format!(
+                        "hosts are matched without their port: write `[{bracketed}]` and list the port under `ports`"
+                    ),
+                );
+                return None;
+            }
+        }
         if let Some((_, port)) = literal.rsplit_once(':') {
             if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !literal.contains("::") {
                 self.error(

@@ -8,8 +8,12 @@
 //!
 //! Where Envoy cannot say the same thing, the closest expression is used (see SEMANTICS.md,
 //! "Native RBAC differences"):
-//! - hosts: Envoy compares `:authority` raw, so host normalization is folded into a
-//!   case-insensitive regex that also accepts one trailing dot and a `:port`;
+//! - hosts: compared case-insensitively with nothing removed, as the filter does (the HCM's
+//!   `strip_any_host_port` / `strip_trailing_host_dot` normalize the host for both), through a
+//!   case-insensitive regex on `:authority`;
+//! - a DENY's header regex must also catch one value of a repeated header, but Envoy's matcher
+//!   sees only the `,`-joined value: the regex is widened to match any `,`-separated run of it
+//!   (`(?:.*,)?(?:R)(?:,.*)?`), which denies at least what the filter denies;
 //! - principals: Envoy's `authenticated.principal_name` matches any URI SAN (then DNS SANs, then
 //!   the subject), not only the single URI SAN of an X.509-SVID;
 //! - the decision is the same, but which rule decided is not reported the same way.
@@ -17,19 +21,21 @@
 use meshauthz_table::{Action, Destination, Pattern, Policy, PolicySet, Rule, Source};
 use serde_json::{Value, json};
 
-/// The HTTP filter entries (JSON, valid YAML) to put before the router, in order.
-pub fn envoy_rbac(set: &PolicySet) -> String {
+/// The HTTP filter entries (JSON, valid YAML) to put before the router, in order. With
+/// `shadow`, the policies go under `shadow_rules`: Envoy evaluates and counts them
+/// (`shadow_allowed` / `shadow_denied` stats) and never denies, like the filter's shadow mode.
+pub fn envoy_rbac(set: &PolicySet, shadow: bool) -> String {
     let filters: Vec<Value> = [Action::Deny, Action::Allow]
         .into_iter()
         .filter_map(|action| {
             let policies: Vec<&Policy> = set.policies.iter().filter(|p| p.action == action).collect();
-            (!policies.is_empty()).then(|| rbac_filter(action, &policies))
+            (!policies.is_empty()).then(|| rbac_filter(action, &policies, shadow))
         })
         .collect();
     format!("{:#}\n", Value::Array(filters))
 }
 
-fn rbac_filter(action: Action, policies: &[&Policy]) -> Value {
+fn rbac_filter(action: Action, policies: &[&Policy], shadow: bool) -> Value {
     let mut map = serde_json::Map::new();
     for p in policies {
         if p.rules.is_empty() {
@@ -39,23 +45,25 @@ fn rbac_filter(action: Action, policies: &[&Policy]) -> Value {
             );
         }
         for (i, rule) in p.rules.iter().enumerate() {
-            map.insert(format!("{}/{i}", p.name), envoy_policy(rule));
+            map.insert(format!("{}/{i}", p.name), envoy_policy(rule, action));
         }
     }
-    json!({
-        "name": "envoy.filters.http.rbac",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
-            "rules": {"action": action.as_str(), "policies": map},
-        },
-    })
+    let rules = json!({"action": action.as_str(), "policies": map});
+    let mut config = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"});
+    if shadow {
+        config["shadow_rules"] = rules;
+        config["shadow_rules_stat_prefix"] = json!(format!("meshauthz_{}_", action.as_str().to_ascii_lowercase()));
+    } else {
+        config["rules"] = rules;
+    }
+    json!({"name": "envoy.filters.http.rbac", "typed_config": config})
 }
 
-fn envoy_policy(rule: &Rule) -> Value {
+fn envoy_policy(rule: &Rule, action: Action) -> Value {
     let permissions: Vec<Value> = if rule.destinations.is_empty() {
         vec![json!({"any": true})]
     } else {
-        rule.destinations.iter().map(permission).collect()
+        rule.destinations.iter().map(|d| permission(d, action)).collect()
     };
     let principals: Vec<Value> = if rule.sources.is_empty() {
         vec![json!({"any": true})]
@@ -85,19 +93,18 @@ fn header_regex(name: &str, regex: &str) -> Value {
     json!({"header": {"name": name, "string_match": {"safe_regex": {"regex": regex}}}})
 }
 
-/// Host normalization as a regex over the raw `:authority`.
+/// A host pattern as a case-insensitive regex over `:authority`, nothing removed.
 fn host_rule(p: &Pattern) -> Value {
-    const TAIL: &str = r"\.?(:[0-9]+)?";
     let lit = |s: &str| regex::escape(s);
     match p {
         Pattern::Any => json!({"any": true}),
-        Pattern::Exact(h) => header_regex(":authority", &format!("(?i:{}){TAIL}", lit(h))),
+        Pattern::Exact(h) => header_regex(":authority", &format!("(?i:{})", lit(h))),
         Pattern::Prefix(h) => header_regex(":authority", &format!("(?i:{}).*", lit(h))),
-        Pattern::Suffix(h) => header_regex(":authority", &format!("(?i:.*{}){TAIL}", lit(h))),
+        Pattern::Suffix(h) => header_regex(":authority", &format!("(?i:.*{})", lit(h))),
     }
 }
 
-fn permission(d: &Destination) -> Value {
+fn permission(d: &Destination, action: Action) -> Value {
     let mut and = vec![
         or_rules(d.hosts.iter().map(host_rule).collect()),
         or_rules(d.ports.iter().map(|p| json!({"destination_port": p})).collect()),
@@ -111,7 +118,12 @@ fn permission(d: &Destination) -> Value {
         ));
     }
     if let Some(h) = &d.header {
-        and.push(header_regex(&h.name, &h.regex));
+        let regex = match action {
+            // Any `,`-separated run of the joined value: a superset of "any single value".
+            Action::Deny => format!("(?:.*,)?(?:{})(?:,.*)?", h.regex),
+            Action::Allow => h.regex.clone(),
+        };
+        and.push(header_regex(&h.name, &regex));
     }
     json!({"and_rules": {"rules": and}})
 }

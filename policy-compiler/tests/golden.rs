@@ -84,12 +84,13 @@ fn cli() -> Command {
 fn dumps_match_golden_files() {
     let mut failures = Vec::new();
     for case in cases(&testdata()) {
-        let compiled = compile_files(&[&case], true).unwrap_or_else(|e| panic!("{}:\n{e}", case.display()));
+        // Warnings allowed: `deny-and-allow.yaml` (the source of the kept v1 artifact) has one.
+        let compiled = compile_files(&[&case], false).unwrap_or_else(|e| panic!("{}:\n{e}", case.display()));
         let dump = emit::json_dump(&compiled.table_bytes()).expect("own table decodes");
         if let Err(e) = check_golden(&case.with_extension("json"), &dump) {
             failures.push(e);
         }
-        let rbac = meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set);
+        let rbac = meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set, false);
         if let Err(e) = check_golden(&case.with_extension("rbac.json"), &rbac) {
             failures.push(e);
         }
@@ -170,6 +171,37 @@ fn warnings_pass_unless_denied() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains(": error: rules[0].destinations[0].methods[0]:"));
+}
+
+/// Each `warnings/` case passes with its warnings (golden `.warn`), and fails with
+/// `--deny-warnings`.
+#[test]
+fn warnings_match_golden_files() {
+    let mut failures = Vec::new();
+    for case in cases(&testdata().join("warnings")) {
+        let rel = case.strip_prefix(env!("CARGO_MANIFEST_DIR")).expect("inside the crate");
+        let out = cli().arg("validate").arg(rel).output().expect("runs");
+        if out.status.code() != Some(0) {
+            failures.push(format!("{}: exit {:?}, want 0", rel.display(), out.status.code()));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if let Err(e) = check_golden(&case.with_extension("warn"), &stderr) {
+            failures.push(e);
+        }
+        let denied = cli()
+            .args(["validate", "--deny-warnings"])
+            .arg(rel)
+            .output()
+            .expect("runs");
+        if denied.status.code() != Some(2) {
+            failures.push(format!(
+                "{} --deny-warnings: exit {:?}, want 2",
+                rel.display(),
+                denied.status.code()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

@@ -18,6 +18,9 @@ pub struct Listener {
     pub rbac_filters: Option<String>,
     /// HCM `forward_client_cert_details`; `SANITIZE` (Envoy's default) leaves XFCC to us.
     pub forward_client_cert: &'static str,
+    /// The documented HCM settings (`meshauthz_envoy_config::hcm`); `false` leaves Envoy's
+    /// defaults, for the attacks that show what the settings are for.
+    pub hardened: bool,
 }
 
 impl Listener {
@@ -35,17 +38,26 @@ impl Listener {
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {name}
           forward_client_cert_details: {fcc}
-          set_current_client_cert_details: {{subject: true, uri: true, dns: true}}
+          set_current_client_cert_details: {{subject: true, uri: true, dns: true}}{hardening}
           route_config:
             virtual_hosts:
-            - name: all
+            - name: service-test
+              domains: ["service-test"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: {cluster}}}}}]
+            - name: catch-all
               domains: ["*"]
               routes: [{{match: {{prefix: "/"}}, route: {{cluster: {cluster}}}}}]
+              request_headers_to_add: [{{header: {{key: x-virtual-host, value: catch-all}}}}]
           http_filters:"#,
             name = self.name,
             ip = self.ip,
             port = self.port,
             fcc = self.forward_client_cert,
+            hardening = if self.hardened {
+                meshauthz_envoy_config::hcm::security_settings_yaml("          ")
+            } else {
+                String::new()
+            },
         );
         if let Some(config) = &self.plugin_config {
             let _ = write!(y, "{}", wasm_filter_yaml(wasm, config, "          "));
@@ -73,6 +85,7 @@ impl Listener {
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
           require_client_certificate: true
           common_tls_context:
+            alpn_protocols: [h2, http/1.1]
             tls_certificates:
             - certificate_chain: {{filename: {cert}}}
               private_key: {{filename: {key}}}

@@ -69,3 +69,69 @@ pub fn curl(args: &[String]) -> CurlResult {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// What separates one request's output from the next in [`curl_batch`].
+const BATCH_MARK: &str = "\n@@meshauthz-batch@@";
+
+/// Runs several requests in one curl process, each with its own arguments (URL included),
+/// separated by `--next`: curl reuses one connection for all of them when they go to the same
+/// origin with the same TLS settings (HTTP/1.1 keep-alive, or HTTP/2 streams), which is how a
+/// filter's per-connection caches get exercised. Returns each request's result and whether it
+/// opened a new connection.
+pub fn curl_batch(requests: &[Vec<String>]) -> Vec<(CurlResult, bool)> {
+    let mut args: Vec<String> = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        if i > 0 {
+            args.push("--next".into());
+        }
+        args.extend(
+            [
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "-",
+                "-w",
+                &format!("{BATCH_MARK} %{{http_code}} %{{num_connects}}\n"),
+                "--noproxy",
+                "*",
+            ]
+            .map(str::to_owned),
+        );
+        args.extend(r.iter().cloned());
+    }
+    let out = Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl runs (install curl)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut results = Vec::new();
+    let mut rest = stdout.as_str();
+    while let Some(at) = rest.find(BATCH_MARK) {
+        let body = &rest[..at];
+        let after = &rest[at + BATCH_MARK.len()..];
+        let line_end = after.find('\n').unwrap_or(after.len());
+        let mut fields = after[..line_end].split_whitespace();
+        let status = fields.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let new_connection = fields.next().and_then(|c| c.parse::<u32>().ok()).unwrap_or(1) > 0;
+        results.push((
+            CurlResult {
+                status,
+                body: body.to_owned(),
+                exit: out.status.code().unwrap_or(-1),
+                stderr: stderr.clone(),
+            },
+            new_connection,
+        ));
+        rest = after.get(line_end + 1..).unwrap_or("");
+    }
+    assert_eq!(
+        results.len(),
+        requests.len(),
+        "curl answered {} of {} requests: {stderr}",
+        results.len(),
+        requests.len()
+    );
+    results
+}

@@ -56,6 +56,16 @@ pub fn filter_wasm() -> PathBuf {
     path
 }
 
+/// The test-only `fault-injection` build (`fail_host_calls`), which `cargo xtask build` makes
+/// beside the release filter: `MESHAUTHZ_FILTER_FAULTS_WASM`, or its place under target/.
+pub fn filter_faults_wasm() -> PathBuf {
+    let path = std::env::var_os("MESHAUTHZ_FILTER_FAULTS_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm32-wasip1/meshauthz_filter_faults.wasm"));
+    assert!(path.is_file(), "{} is missing: run `cargo xtask build`", path.display());
+    path
+}
+
 /// Polls `done` every 200 ms until it holds; panics with `what()` after `limit`.
 pub fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
     let deadline = std::time::Instant::now() + limit;

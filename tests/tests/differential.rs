@@ -140,7 +140,7 @@ fn wasm_filter_and_native_rbac_decide_alike() {
         let compiled =
             compile_sources(&[("diff.yaml".into(), yaml.clone())], false).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let plugin = plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet);
-        let rbac = envoy_rbac(&compiled.set);
+        let rbac = envoy_rbac(&compiled.set, false);
         let envoy_for = |ip: Ipv4Addr, wasm: bool| {
             let listeners: Vec<Listener> = ports
                 .iter()
@@ -154,6 +154,7 @@ fn wasm_filter_and_native_rbac_decide_alike() {
                     plugin_config: wasm.then(|| plugin.clone()),
                     rbac_filters: (!wasm).then(|| rbac.clone()),
                     forward_client_cert: "SANITIZE",
+                    hardened: true,
                 })
                 .collect();
             let admin = meshauthz_tests::free_port(Ipv4Addr::LOCALHOST);

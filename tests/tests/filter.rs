@@ -116,6 +116,7 @@ impl Fixture {
             tls: tls.then(|| server.clone()),
             plugin_config: config.cloned(),
             forward_client_cert: fcc,
+            hardened: true,
         };
         let listeners = [
             listener("enforce", ports.enforce, true, Some(&enforce), "SANITIZE"),
@@ -123,8 +124,8 @@ impl Fixture {
             listener("reference", ports.reference, true, None, "SANITIZE_SET"),
             listener("plaintext", ports.plaintext, false, Some(&enforce), "SANITIZE"),
             listener("shadow", ports.shadow, true, Some(&shadow), "SANITIZE"),
-            listener("append", ports.append, true, Some(&append), "ALWAYS_FORWARD_ONLY"),
-            listener("xfcc-off", ports.xfcc_off, true, Some(&off), "ALWAYS_FORWARD_ONLY"),
+            listener("append", ports.append, true, Some(&append), "FORWARD_ONLY"),
+            listener("xfcc-off", ports.xfcc_off, true, Some(&off), "FORWARD_ONLY"),
         ];
         let admin = free_port(ip);
         let yaml = bootstrap(admin, &listeners, &filter_wasm(), echo.addr().port());
@@ -338,6 +339,7 @@ fn refuses(plugin_config: &str, expect_in_log: &str) {
         tls: None,
         plugin_config: Some(plugin_config.into()),
         forward_client_cert: "SANITIZE",
+        hardened: true,
     };
     let admin = free_port(Ipv4Addr::LOCALHOST);
     let path = dir.path().join("envoy.yaml");
@@ -395,6 +397,7 @@ fn policy_update_applies_while_requests_flow() {
             tls: Some(server.clone()),
             plugin_config: Some(config_for(&yaml, Mode::Enforce, Xfcc::SanitizeSet)),
             forward_client_cert: "SANITIZE",
+            hardened: true,
         }
     };
     let lds = dir.path().join("lds").join("lds.yaml");

@@ -120,10 +120,20 @@ fn setup() -> Result {
     Ok(())
 }
 
-/// Builds the filter and returns the path of the `.wasm`.
+/// The test-only build with the `fault-injection` feature, beside the release build.
+fn faults_wasm() -> PathBuf {
+    root().join("target/wasm32-wasip1/meshauthz_filter_faults.wasm")
+}
+
+/// Builds the filter and returns the path of the `.wasm`. First the test-only
+/// `fault-injection` variant, copied aside (both builds write the same artifact name), then
+/// the release filter, so that the artifact left in place is always the real one.
 fn build() -> Result<PathBuf> {
-    run(cargo().args(["build", "--release", "--target", WASM_TARGET, "-p", "meshauthz-filter"]))?;
+    let release = ["build", "--release", "--target", WASM_TARGET, "-p", "meshauthz-filter"];
     let wasm = root().join("target/wasm32-wasip1/release/meshauthz_filter.wasm");
+    run(cargo().args(release).args(["--features", "fault-injection"]))?;
+    std::fs::copy(&wasm, faults_wasm()).map_err(|e| format!("{}: {e}", faults_wasm().display()))?;
+    run(cargo().args(release))?;
     let size = std::fs::metadata(&wasm)
         .map_err(|e| format!("{}: {e}", wasm.display()))?
         .len();
@@ -159,7 +169,8 @@ fn test(args: &[String]) -> Result {
         .args(["test", "--workspace"])
         .args(args)
         .env("MESHAUTHZ_ENVOY", envoy)
-        .env("MESHAUTHZ_FILTER_WASM", wasm);
+        .env("MESHAUTHZ_FILTER_WASM", wasm)
+        .env("MESHAUTHZ_FILTER_FAULTS_WASM", faults_wasm());
     let mut totals = run_tests(&mut native)?;
     // The evaluator again on the 32-bit target it ships on, under Node's WASI.
     let runner = format!("node --no-warnings {}", root().join("tools/wasi-run.mjs").display());

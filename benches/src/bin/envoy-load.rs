@@ -145,6 +145,7 @@ fn xfcc_handling(v: Variant) -> &'static str {
 
 fn server_bootstrap(admin: u16, port: u16, certs: &Path, filters: &str, xfcc: &str) -> String {
     let (cert, key, ca) = tls_files(certs);
+    let hardening = meshauthz_envoy_config::hcm::security_settings_yaml("          ");
     format!(
         r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:
@@ -165,7 +166,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: inbound
-          {xfcc}
+          {xfcc}{hardening}
           route_config:
             virtual_hosts:
             - name: all
@@ -241,7 +242,7 @@ fn filters_for(v: Variant, args: &Args, rules: usize, port: u16) -> Result<Strin
         Variant::NoFilter => String::new(),
         Variant::NativeRbac => {
             let filters: Vec<serde_json::Value> =
-                serde_json::from_str(&envoy_rbac(&compiled.set)).map_err(|e| e.to_string())?;
+                serde_json::from_str(&envoy_rbac(&compiled.set, false)).map_err(|e| e.to_string())?;
             filters.iter().map(|f| format!("\n          - {f}")).collect()
         }
         Variant::NoopWasm => wasm_filter(&args.noop, "{}"),
