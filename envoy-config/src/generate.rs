@@ -40,6 +40,16 @@ pub struct Options {
     pub wasm: PathBuf,
     /// Where the bootstraps and their SDS files will be written.
     pub output_dir: PathBuf,
+    /// The policy compiler's warnings fail the generation.
+    pub deny_warnings: bool,
+}
+
+/// What [`generate`] made, and what it has to say about the input.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub bootstraps: Vec<Bootstrap>,
+    /// `FILE:LINE:COL: warning: ...` lines: the policy compiler's warnings.
+    pub warnings: Vec<String>,
 }
 
 /// One generated bootstrap, with the SDS files it reads.
@@ -233,12 +243,14 @@ impl<'r> Model<'r> {
 }
 
 /// Generates a bootstrap for every workload.
-pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<Vec<Bootstrap>, ResourceError> {
+pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<Generated, ResourceError> {
     let model = Model::new(res)?;
     let mut compiled_authz: BTreeMap<String, String> = BTreeMap::new();
+    let mut warnings = Vec::new();
     for (file, text) in &res.authorization_texts {
-        let c = meshauthz_policy_compiler::compile_sources(&[(file.clone(), text.clone())], false)
+        let c = meshauthz_policy_compiler::compile_sources(&[(file.clone(), text.clone())], opts.deny_warnings)
             .map_err(|e| fail(file, e.to_string()))?;
+        warnings.extend(c.warnings.iter().map(ToString::to_string));
         for p in &c.set.policies {
             let single = meshauthz_table::PolicySet {
                 policies: vec![p.clone()],
@@ -376,7 +388,10 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<V
             }
         }
     }
-    Ok(out)
+    Ok(Generated {
+        bootstraps: out,
+        warnings,
+    })
 }
 
 /// One proxy's bootstrap: its listeners, a cluster per backend service they route to (plus the

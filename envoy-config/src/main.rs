@@ -39,6 +39,9 @@ enum Command {
         wasm: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+        /// Fail on the policy compiler's warnings (which are printed either way).
+        #[arg(long)]
+        deny_warnings: bool,
         /// Resource files: mesh, routes, TLS policies, endpoint policy, gateway, backend
         /// service, authorization policies.
         #[arg(required = true)]
@@ -136,6 +139,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             certs_dir,
             wasm,
             output,
+            deny_warnings,
             resources,
         } => {
             let wl = WorkloadsFile::load(&workloads).map_err(|e| e.to_string())?;
@@ -148,11 +152,15 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 output_dir: abs(output.clone()),
                 certs_dir: abs(certs_dir),
                 wasm: abs(wasm),
+                deny_warnings,
             };
             // Everything is generated before anything is written.
-            let bootstraps = generate::generate(&res, &wl, &opts).map_err(|e| e.to_string())?;
+            let generated = generate::generate(&res, &wl, &opts).map_err(|e| e.to_string())?;
+            for w in &generated.warnings {
+                eprintln!("{w}");
+            }
             std::fs::create_dir_all(&output).map_err(|e| format!("{}: {e}", output.display()))?;
-            for b in &bootstraps {
+            for b in &generated.bootstraps {
                 let path = b.write(&opts).map_err(|e| e.to_string())?;
                 println!("{}", path.display());
             }

@@ -347,6 +347,43 @@ fn generator_accepts_the_guide_and_rejects_bad_input() {
     );
     assert_rejected(&out, tmp.path(), "weird.yaml: cannot tell which resource this is");
 
+    // The policy compiler's warnings are printed; --deny-warnings makes them fatal.
+    let lowercase = std::fs::read_to_string(guide().join("authz-policy-gateway.yaml"))
+        .expect("read")
+        .replace("GET", "get");
+    let (out, tmp) = generate(&[("authz-policy-gateway.yaml", &lowercase)], final_step());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("authz-policy-gateway.yaml:")
+            && stderr.contains(": warning: ")
+            && stderr.contains("did you mean `GET`?"),
+        "{stderr}"
+    );
+    assert!(tmp.path().join("out/payments.yaml").is_file());
+    let mut args = vec![
+        "generate",
+        "--deny-warnings",
+        "--workloads",
+        "workloads.yaml",
+        "--certs-dir",
+        "certs",
+    ];
+    args.extend(["--wasm", "f.wasm", "-o", "out"]);
+    let resources: Vec<String> = final_step()
+        .iter()
+        .map(|f| {
+            let local = tmp.path().join(f);
+            if local.exists() { local } else { guide().join(f) }
+                .display()
+                .to_string()
+        })
+        .collect();
+    std::fs::remove_dir_all(tmp.path().join("out")).expect("clean");
+    args.extend(resources.iter().map(String::as_str));
+    let denied = cli(&args, tmp.path());
+    assert_rejected(&denied, tmp.path(), ": error: ");
+
     let plugin = "name: client-mtls-policy\nclientCertificate:\n  certificateProviderInstance:\n    pluginInstance: something_else\n";
     let (out, tmp) = generate(&[("client-mtls-policy.yaml", plugin)], final_step());
     assert_rejected(

@@ -119,15 +119,16 @@ impl Mesh {
             certs_dir: self.dir.join("certs"),
             wasm: crate::filter_wasm(),
             output_dir: out.clone(),
+            deny_warnings: true,
         };
         // As in the guide, the gateway deployment exists only once its Gateway does.
         let mut pods = self.workloads.clone();
         if res.gateways.is_empty() {
             pods.workloads.retain(|w| w.proxy != ProxyRole::Gateway);
         }
-        let bootstraps = generate(&res, &pods, &opts).map_err(|e| e.to_string())?;
+        let generated = generate(&res, &pods, &opts).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-        for b in bootstraps {
+        for b in generated.bootstraps {
             let path = b.write(&opts).map_err(|e| e.to_string())?;
             let envoy = Envoy::start(&path, b.admin.into(), &out.join(format!("{}.log", b.workload)))?;
             self.proxies.push(envoy);
@@ -251,7 +252,11 @@ pub fn play(mesh: &mut Mesh, mut after_step: impl FnMut(usize, &Mesh) -> bool) -
                 ));
                 out.push(xfcc_outcome(name, &r));
                 if i == 1 {
-                    out.push(echoed(name, &r, "x-forwarded-proto", "http"));
+                    // The guide shows `http`: its server sidecar trusts the client sidecar's
+                    // forwarded headers. meshauthz's HCMs trust no forwarding header
+                    // (`xff_num_trusted_hops: 0`, so that `ipBlocks` see the real peer), and
+                    // Envoy then sets the scheme of the hop it received: mTLS, `https`.
+                    out.push(echoed(name, &r, "x-forwarded-proto", "https"));
                 } else {
                     let r = mesh.from_client("POST");
                     let ok = r.status == 403 && r.body == "RBAC: access denied";

@@ -4,7 +4,9 @@
 //! several spellings, ports, methods, source addresses, a header). Every decision must agree.
 //!
 //! The corpus avoids the documented differences (SEMANTICS.md, "Native RBAC differences"):
-//! every client certificate is an X.509-SVID with one URI SAN.
+//! every client certificate is an X.509-SVID with one URI SAN. It includes the attacks the
+//! filter must not fall for: a forged `x-forwarded-for` (both filters decide from the peer's
+//! address) and a header sent twice (a DENY holds on any one value).
 
 use std::net::Ipv4Addr;
 
@@ -175,12 +177,24 @@ fn wasm_filter_and_native_rbac_decide_alike() {
             let host = rng.pick(HOSTS);
             let method = rng.pick(METHODS);
             let source = sources[rng.next(2)];
-            let header = rng.next(3) == 0;
+            let header: &[&str] = match rng.next(6) {
+                0 | 1 => &["x-env: prod"],
+                2 => &["x-env: dev", "x-env: prod"],
+                _ => &[],
+            };
+            let forged = match rng.next(3) {
+                0 => Some(sources[rng.next(2)].to_string()),
+                1 => Some("8.8.8.8".to_owned()),
+                _ => None,
+            };
             let request = |ip: Ipv4Addr| {
                 let mut args = vec!["--interface".to_owned(), source.to_string(), "-X".into(), method.into()];
                 args.extend(["-H".to_owned(), format!("Host: {host}")]);
-                if header {
-                    args.extend(["-H".to_owned(), "x-env: prod".into()]);
+                for h in header {
+                    args.extend(["-H".to_owned(), (*h).to_owned()]);
+                }
+                if let Some(xff) = &forged {
+                    args.extend(["-H".to_owned(), format!("x-forwarded-for: {xff}")]);
                 }
                 let scheme = if port_i < 2 {
                     args.extend(client_cert_args(&dir.path().join(format!("client{client}"))));
@@ -206,7 +220,8 @@ fn wasm_filter_and_native_rbac_decide_alike() {
             );
             assert_eq!(
                 w.status, r.status,
-                "decisions differ for {method} {host} port#{port_i} from {who} at {source} x-env={header}\npolicy:\n{yaml}\nrbac:\n{rbac}"
+                "decisions differ for {method} {host} port#{port_i} from {who} at {source} headers={header:?} \
+                 x-forwarded-for={forged:?}\npolicy:\n{yaml}\nrbac:\n{rbac}"
             );
             compared += 1;
             allowed += usize::from(w.status == 200);
