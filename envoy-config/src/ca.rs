@@ -252,30 +252,77 @@ impl Credentials {
 }
 
 /// Writes through a temporary file and a rename, so a watcher (Envoy's SDS) never reads half a
-/// file, with `mode` set before the content lands.
+/// file. The temporary file is created in the target's directory with a random name and
+/// `O_EXCL` (never through a predictable name an attacker could have linked elsewhere), with
+/// `mode` set before any content is written; the rename replaces a link at `path` rather than
+/// following it.
 pub fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), CaError> {
     use std::io::Write;
     let err = |source| CaError::Io {
         path: path.display().to_string(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    let mut f = options.open(&tmp).map_err(err)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".meshauthz-")
+        .tempfile_in(dir)
+        .map_err(err)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(err)?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(err)?;
     }
-    f.write_all(content.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    #[cfg(not(unix))]
+    let _ = mode;
+    tmp.write_all(content.as_bytes()).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+/// A random positive 16-byte serial number (RFC 5280 4.1.2.2: at most 20 octets, unpredictable
+/// serials as CA/B practice asks).
+fn random_serial() -> rcgen::SerialNumber {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x40; // and a full 16 octets once DER-encoded
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+/// The SubjectAltName extension, critical: a workload certificate has an empty subject (as GKE's
+/// do), and RFC 5280 4.2.1.6 then requires the SAN to be critical. rcgen writes it non-critical,
+/// so it is encoded here: `GeneralNames` with URIs (`[6]`) and DNS names (`[2]`).
+fn critical_san(uris: &[String], dns: &[String]) -> rcgen::CustomExtension {
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|&b| b == 0).collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    let mut names = Vec::new();
+    for u in uris {
+        names.extend(der(0x86, u.as_bytes()));
+    }
+    for d in dns {
+        names.extend(der(0x82, d.as_bytes()));
+    }
+    let mut ext = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], der(0x30, &names));
+    ext.set_criticality(true);
+    ext
 }
 
 pub const ROOT_CERT: &str = "root.pem";
@@ -292,6 +339,8 @@ pub struct MeshCa {
     /// The same name and key, in the form rcgen signs with.
     issuer: rcgen::Certificate,
     issuing_key: KeyPair,
+    /// No certificate it issues outlives it.
+    issuing_not_after: OffsetDateTime,
 }
 
 impl std::fmt::Debug for MeshCa {
@@ -315,7 +364,19 @@ fn ca_params(common_name: &str, organization: &str, path_len: u8, validity: Dura
     ];
     params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
     params.not_after = params.not_before + validity;
+    params.serial_number = Some(random_serial());
+    // RFC 5280 4.2.1.1 (and `openssl verify -x509_strict`) want the issuer's key identifier.
+    params.use_authority_key_identifier_extension = true;
     params
+}
+
+/// A certificate's notAfter.
+fn not_after(pem: &str) -> Result<OffsetDateTime, CaError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let invalid = |m: String| CaError::Invalid(format!("issuing CA certificate: {m}"));
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(&pem.contents).map_err(|e| invalid(e.to_string()))?;
+    Ok(cert.validity().not_after.to_datetime())
 }
 
 impl MeshCa {
@@ -327,21 +388,46 @@ impl MeshCa {
         let issuing_key = KeyAlgorithm::EcdsaP256.generate()?;
         let issuing =
             ca_params("td-ca", organization, 0, Duration::days(365)).signed_by(&issuing_key, &root, &root_key)?;
+        let issuing_pem = issuing.pem();
         Ok(MeshCa {
             root_pem: root.pem(),
             root_key,
-            issuing_pem: issuing.pem(),
+            issuing_not_after: not_after(&issuing_pem)?,
+            issuing_pem,
             issuer: issuing,
             issuing_key,
         })
     }
 
-    /// Writes the CA into `dir`; keys get mode 0600.
-    pub fn save(&self, dir: &Path) -> Result<(), CaError> {
+    /// The files [`MeshCa::save`] writes.
+    pub const FILES: [&'static str; 4] = [ROOT_CERT, ROOT_KEY, ISSUING_CERT, ISSUING_KEY];
+
+    /// Writes the CA into `dir`; keys get mode 0600. An existing CA there is an error, unless
+    /// `replace`, and then its files are first renamed to `<name>.<unix time>.bak`.
+    pub fn save(&self, dir: &Path, replace: bool) -> Result<(), CaError> {
         std::fs::create_dir_all(dir).map_err(|source| CaError::Io {
             path: dir.display().to_string(),
             source,
         })?;
+        let existing: Vec<&str> = Self::FILES
+            .into_iter()
+            .filter(|f| dir.join(f).symlink_metadata().is_ok())
+            .collect();
+        if !existing.is_empty() && !replace {
+            return Err(CaError::Invalid(format!(
+                "{} already holds a CA ({}): refusing to overwrite it (--force replaces it and keeps the old files as backups)",
+                dir.display(),
+                existing.join(", ")
+            )));
+        }
+        let stamp = OffsetDateTime::now_utc().unix_timestamp();
+        for f in existing {
+            let (from, to) = (dir.join(f), dir.join(format!("{f}.{stamp}.bak")));
+            std::fs::rename(&from, &to).map_err(|source| CaError::Io {
+                path: from.display().to_string(),
+                source,
+            })?;
+        }
         write_file(&dir.join(ROOT_CERT), &self.root_pem, 0o644)?;
         write_file(&dir.join(ROOT_KEY), &self.root_key.serialize_pem(), 0o600)?;
         write_file(&dir.join(ISSUING_CERT), &self.issuing_pem, 0o644)?;
@@ -365,6 +451,7 @@ impl MeshCa {
         Ok(MeshCa {
             root_pem,
             root_key,
+            issuing_not_after: not_after(&issuing_pem)?,
             issuing_pem,
             issuer,
             issuing_key,
@@ -397,26 +484,41 @@ impl MeshCa {
         if let Some(cn) = &spec.common_name {
             dn.push(DnType::CommonName, cn.as_str());
         }
-        params.distinguished_name = dn;
-        for uri in &spec.uris {
-            let ia5 = uri
-                .clone()
-                .try_into()
-                .map_err(|_| CaError::Invalid(format!("URI SAN `{uri}` is not ASCII")))?;
-            params.subject_alt_names.push(SanType::URI(ia5));
+        for name in spec.uris.iter().chain(&spec.dns) {
+            if !name.is_ascii() || name.is_empty() {
+                return Err(CaError::Invalid(format!("SAN `{name}` is not a non-empty ASCII name")));
+            }
         }
-        for name in &spec.dns {
-            let ia5 = name
-                .clone()
-                .try_into()
-                .map_err(|_| CaError::Invalid(format!("DNS SAN `{name}` is not ASCII")))?;
-            params.subject_alt_names.push(SanType::DnsName(ia5));
+        if dn.iter().next().is_some() {
+            params.distinguished_name = dn;
+            params.subject_alt_names = spec
+                .uris
+                .iter()
+                .filter_map(|u| u.clone().try_into().ok().map(SanType::URI))
+                .chain(
+                    spec.dns
+                        .iter()
+                        .filter_map(|d| d.clone().try_into().ok().map(SanType::DnsName)),
+                )
+                .collect();
+        } else {
+            // An empty subject: the SAN carries the identity and must be critical.
+            params.distinguished_name = dn;
+            if !spec.uris.is_empty() || !spec.dns.is_empty() {
+                params.custom_extensions.push(critical_san(&spec.uris, &spec.dns));
+            }
         }
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        // keyEncipherment is for RSA key transport; an ECDSA key only signs.
+        params.key_usages = match spec.key {
+            KeyAlgorithm::Rsa(_) => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
+            _ => vec![KeyUsagePurpose::DigitalSignature],
+        };
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
         params.not_before = spec.not_before;
-        params.not_after = spec.not_before + spec.validity;
+        params.not_after = (spec.not_before + spec.validity).min(self.issuing_not_after);
         let leaf = params.signed_by(&key, &self.issuer, &self.issuing_key)?;
         Ok(Credentials {
             certificates: format!("{}{}", leaf.pem(), self.issuing_pem),

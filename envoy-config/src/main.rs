@@ -71,6 +71,9 @@ enum CaCommand {
         dir: PathBuf,
         #[arg(long, default_value = "TestCorpLLC")]
         organization: String,
+        /// Replace a CA already in DIR; its files are kept as `<name>.<unix time>.bak`.
+        #[arg(long)]
+        force: bool,
     },
     /// Issue workload credentials in the GKE layout.
     Issue {
@@ -195,9 +198,13 @@ fn run(command: Command) -> Result<ExitCode, String> {
 
 fn ca_command(command: CaCommand) -> Result<ExitCode, String> {
     match command {
-        CaCommand::Init { dir, organization } => {
+        CaCommand::Init {
+            dir,
+            organization,
+            force,
+        } => {
             let ca = MeshCa::generate(&organization).map_err(|e| e.to_string())?;
-            ca.save(&dir).map_err(|e| e.to_string())?;
+            ca.save(&dir, force).map_err(|e| e.to_string())?;
             println!(
                 "{}: root CN=pkcs2-ca and issuing CN=td-ca, O={organization}",
                 dir.display()

@@ -218,7 +218,7 @@ fn doctor_finds_what_is_broken() {
 fn rotate_reissues_what_entered_its_window() {
     let tmp = tempfile::tempdir().expect("tmp");
     let ca = MeshCa::generate("TestCorpLLC").expect("ca");
-    ca.save(&tmp.path().join("ca")).expect("save");
+    ca.save(&tmp.path().join("ca"), false).expect("save");
     let id = "spiffe://my-project.svc.id.goog/ns/default/sa/demo-client";
     let mut spec = LeafSpec::svid(id);
     spec.not_before = OffsetDateTime::now_utc() - Duration::hours(20);

@@ -160,3 +160,49 @@ fn compiled_table_file_and_rule_less_policy() {
         Some(2)
     );
 }
+
+/// Compiled tables and plugin configurations are readable by the Envoy that loads them, which
+/// may run as another user.
+#[cfg(unix)]
+#[test]
+fn outputs_are_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    for emit in ["table", "plugin-config", "envoy-rbac"] {
+        let out = dir.path().join(format!("out.{emit}"));
+        let status = Command::new(env!("CARGO_BIN_EXE_policy-compiler"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["compile", "--emit", emit, "-o"])
+            .arg(&out)
+            .arg("testdata/guide-authz-policy.yaml")
+            .status()
+            .expect("runs");
+        assert!(status.success());
+        let mode = std::fs::metadata(&out).expect("written").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{emit}");
+    }
+}
+
+/// Options the output cannot carry are errors, never silently dropped.
+#[test]
+fn mode_and_xfcc_only_where_they_apply() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_policy-compiler"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let p = "testdata/guide-authz-policy.yaml";
+    let table = run(&["compile", "--mode", "shadow", "-o", "-", p]);
+    assert_eq!(table.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&table.stderr).contains("--mode applies to"));
+    let rbac = run(&["compile", "--emit", "envoy-rbac", "--xfcc", "off", "-o", "-", p]);
+    assert_eq!(rbac.status.code(), Some(2));
+    let shadow = run(&["compile", "--emit", "envoy-rbac", "--mode", "shadow", "-o", "-", p]);
+    assert!(shadow.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&shadow.stdout).expect("JSON");
+    let config = &json[0]["typed_config"];
+    assert!(config.get("rules").is_none(), "shadow never enforces: {config}");
+    assert_eq!(config["shadow_rules"]["action"], "ALLOW");
+}

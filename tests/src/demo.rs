@@ -80,7 +80,7 @@ impl Mesh {
             w.app_address = w.app_address.map(|a| move_to_block(a, block));
         }
         let ca = MeshCa::generate("TestCorpLLC").map_err(|e| e.to_string())?;
-        ca.save(&dir.join("ca")).map_err(|e| e.to_string())?;
+        ca.save(&dir.join("ca"), false).map_err(|e| e.to_string())?;
         for w in &workloads.workloads {
             let creds = ca
                 .issue(&LeafSpec::svid(&w.spiffe_id(&workloads)))
