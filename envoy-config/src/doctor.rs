@@ -1,5 +1,11 @@
 //! The certificate doctor: the guide's troubleshooting checks on a workload credentials
 //! directory (GKE layout), one line per check, `ok` or `FAIL` with the reason.
+//!
+//! Every check runs, whatever an earlier one found, so one run names every problem. The
+//! issuing CA is the certificate after the workload's in `certificates.pem` or, in a
+//! single-level CA where there is none, the trust anchor in `ca_certificates.pem` that signed
+//! it. The chain check walks every link: signature, validity, `CA:TRUE`, path length and
+//! `keyCertSign`, up to a trust anchor.
 
 use std::path::Path;
 
@@ -15,6 +21,13 @@ pub struct Check {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
+}
+
+impl Check {
+    /// `{"name": ..., "ok": ..., "detail": ...}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"name": self.name, "ok": self.ok, "detail": self.detail})
+    }
 }
 
 impl std::fmt::Display for Check {
@@ -172,22 +185,31 @@ pub fn examine(dir: &Path, expect: &Expectations) -> Vec<Check> {
             (Ok(k), _) => Ok(k.describe()),
         },
     );
-    let issuer_key = chain.get(1).map(key_algorithm);
+    let roots = parse_all(&roots_ders);
+    // The issuing CA: the next certificate of the chain, or (single-level CA) the anchor.
+    let issuer = chain.get(1).or_else(|| {
+        roots
+            .as_ref()
+            .ok()?
+            .iter()
+            .find(|r| r.subject() == leaf.issuer() && leaf.verify_signature(Some(r.public_key())).is_ok())
+    });
     push(
         "key family",
-        match (&leaf_key, issuer_key.as_ref()) {
-            (Ok(l), Some(Ok(i))) if family(*l) == family(*i) => {
-                Ok(format!("{} key issued by a {} CA", family(*l), family(*i)))
+        match (&leaf_key, issuer.map(key_algorithm)) {
+            (Ok(l), Some(Ok(i))) if family(*l) == family(i) => {
+                Ok(format!("{} key issued by a {} CA", family(*l), family(i)))
             }
             (Ok(l), Some(Ok(i))) => Err(format!(
                 "{} workload key but the issuing CA uses {}",
                 family(*l),
-                family(*i)
+                family(i)
             )),
             (_, None) => Err(format!(
-                "{CERTIFICATES} holds no issuing CA certificate after the workload's"
+                "no issuing CA: neither {CERTIFICATES} nor {CA_CERTIFICATES} holds the certificate that signed the workload's"
             )),
-            (Err(e), _) | (_, Some(Err(e))) => Err(e.clone()),
+            (Err(e), _) => Err(e.clone()),
+            (_, Some(Err(e))) => Err(e),
         },
     );
     let uris: Vec<String> = match leaf.subject_alternative_name() {
@@ -219,9 +241,69 @@ pub fn examine(dir: &Path, expect: &Expectations) -> Vec<Check> {
             more => Err(format!("{} URI SANs: an X.509-SVID has exactly one", more.len())),
         },
     );
+    push("key usage", leaf_key_usage(leaf, leaf_key.as_ref().ok().copied()));
+    push("extended key usage", leaf_extended_key_usage(leaf));
     push("private key", private_key_matches(dir, leaf));
-    push("chain", verify_chain(&chain, roots_ders, now));
+    push("chain", roots.and_then(|roots| verify_chain(&chain, &roots, now)));
     checks
+}
+
+fn parse_all(ders: &Result<Vec<Vec<u8>>, String>) -> Result<Vec<X509Certificate<'_>>, String> {
+    let ders = ders.as_ref().map_err(Clone::clone)?;
+    ders.iter()
+        .map(|der| {
+            X509Certificate::from_der(der)
+                .map(|(_, c)| c)
+                .map_err(|e| format!("{CA_CERTIFICATES}: not X.509: {e}"))
+        })
+        .collect()
+}
+
+/// A workload certificate signs (TLS handshakes); it is no CA, and it never signs certificates.
+fn leaf_key_usage(leaf: &X509Certificate<'_>, key: Option<KeyAlgorithm>) -> Result<String, String> {
+    let mut problems = Vec::new();
+    if leaf.basic_constraints().ok().flatten().is_some_and(|b| b.value.ca) {
+        problems.push("the workload certificate is a CA (CA:TRUE)".to_owned());
+    }
+    match leaf.key_usage() {
+        Ok(Some(ku)) => {
+            if !ku.value.digital_signature() {
+                problems.push("keyUsage lacks digitalSignature".to_owned());
+            }
+            if ku.value.key_cert_sign() || ku.value.crl_sign() {
+                problems.push("keyUsage allows signing certificates or CRLs".to_owned());
+            }
+            if ku.value.key_encipherment() && !matches!(key, Some(KeyAlgorithm::Rsa(_))) {
+                problems.push("keyUsage has keyEncipherment, which only an RSA key can do".to_owned());
+            }
+        }
+        Ok(None) => {}
+        Err(e) => problems.push(format!("unreadable keyUsage: {e}")),
+    }
+    if problems.is_empty() {
+        Ok("digitalSignature, not a CA".into())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Mesh mTLS uses a workload certificate both ways: as a server and as a client.
+fn leaf_extended_key_usage(leaf: &X509Certificate<'_>) -> Result<String, String> {
+    match leaf.extended_key_usage() {
+        Ok(Some(eku)) => match (eku.value.server_auth, eku.value.client_auth) {
+            (true, true) => Ok("serverAuth and clientAuth".into()),
+            (s, c) => Err(format!(
+                "extendedKeyUsage lacks {}: mesh mTLS needs serverAuth and clientAuth",
+                match (s, c) {
+                    (false, false) => "serverAuth and clientAuth",
+                    (false, true) => "serverAuth",
+                    _ => "clientAuth",
+                }
+            )),
+        },
+        Ok(None) => Err("no extendedKeyUsage: mesh mTLS needs serverAuth and clientAuth".into()),
+        Err(e) => Err(format!("unreadable extendedKeyUsage: {e}")),
+    }
 }
 
 fn private_key_matches(dir: &Path, leaf: &X509Certificate<'_>) -> Result<String, String> {
@@ -246,50 +328,77 @@ fn private_key_matches(dir: &Path, leaf: &X509Certificate<'_>) -> Result<String,
     Ok("matches the workload certificate".into())
 }
 
-fn verify_chain(
-    chain: &[X509Certificate<'_>],
-    roots: Result<Vec<Vec<u8>>, String>,
-    now: i64,
-) -> Result<String, String> {
-    let roots_der = roots?;
-    let mut roots = Vec::new();
-    for der in &roots_der {
-        roots.push(
-            X509Certificate::from_der(der)
-                .map_err(|e| format!("{CA_CERTIFICATES}: not X.509: {e}"))?
-                .1,
-        );
-    }
-    for (i, cert) in chain.iter().enumerate() {
-        let Some(issuer) = chain.get(i + 1) else { break };
-        cert.verify_signature(Some(issuer.public_key())).map_err(|e| {
-            format!(
-                "certificate {i} is not signed by certificate {} of {CERTIFICATES}: {e}",
+/// Walks the chain from the workload certificate to a trust anchor in `roots`, checking each
+/// link, and reports every problem found.
+fn verify_chain(chain: &[X509Certificate<'_>], roots: &[X509Certificate<'_>], now: i64) -> Result<String, String> {
+    let mut problems = Vec::new();
+    // `path[i]` signs `path[i - 1]`; the anchor, once found, ends it.
+    let mut path: Vec<&X509Certificate<'_>> = chain.iter().collect();
+    for (i, pair) in chain.windows(2).enumerate() {
+        if let Err(e) = pair[0].verify_signature(Some(pair[1].public_key())) {
+            problems.push(format!(
+                "certificate {i} of {CERTIFICATES} is not signed by certificate {}: {e}",
                 i + 1
-            )
-        })?;
-        let is_ca = issuer.basic_constraints().ok().flatten().is_some_and(|b| b.value.ca);
-        if !is_ca {
-            return Err(format!("certificate {} of {CERTIFICATES} signs but is not a CA", i + 1));
-        }
-        let v = issuer.validity();
-        if now < v.not_before.timestamp() || now > v.not_after.timestamp() {
-            return Err(format!("issuing CA `{}` is outside its validity", issuer.subject()));
+            ));
         }
     }
     let top = chain.last().ok_or("empty chain")?;
+    let self_signed = top.subject() == top.issuer() && top.verify_signature(None).is_ok();
     let anchor = roots
         .iter()
-        .find(|r| r.subject() == top.issuer() && top.verify_signature(Some(r.public_key())).is_ok())
-        .ok_or_else(|| {
-            format!(
+        .find(|r| r.subject() == top.issuer() && top.verify_signature(Some(r.public_key())).is_ok());
+    let anchor_name = match (anchor, self_signed) {
+        (Some(a), _) => {
+            if !(self_signed && a.public_key() == top.public_key()) {
+                path.push(a);
+            }
+            a.subject().to_string()
+        }
+        (None, _) => {
+            problems.push(format!(
                 "`{}` does not chain to any certificate in {CA_CERTIFICATES}",
                 top.issuer()
-            )
-        })?;
-    Ok(format!(
-        "{} certificate(s) verify to `{}`",
-        chain.len(),
-        anchor.subject()
-    ))
+            ));
+            String::new()
+        }
+    };
+    // Every certificate that signs another in the path is a CA allowed to.
+    for (j, ca) in path.iter().enumerate().skip(1) {
+        let name = ca.subject();
+        match ca.basic_constraints().ok().flatten() {
+            Some(bc) if bc.value.ca => {
+                // Intermediate CAs between this one and the workload certificate.
+                let below = (j - 1) as u32;
+                if let Some(len) = bc.value.path_len_constraint {
+                    if below > len {
+                        problems.push(format!(
+                            "`{name}` has path length {len} but {below} CA certificate(s) below it"
+                        ));
+                    }
+                }
+            }
+            _ => problems.push(format!("`{name}` signs certificates but is not a CA (no CA:TRUE)")),
+        }
+        if let Ok(Some(ku)) = ca.key_usage() {
+            if !ku.value.key_cert_sign() {
+                problems.push(format!(
+                    "`{name}` signs certificates but its keyUsage lacks keyCertSign"
+                ));
+            }
+        }
+        let v = ca.validity();
+        if now < v.not_before.timestamp() {
+            problems.push(format!(
+                "`{name}` is not yet valid: notBefore {}",
+                when(v.not_before.timestamp())
+            ));
+        } else if now > v.not_after.timestamp() {
+            problems.push(format!("`{name}` expired: notAfter {}", when(v.not_after.timestamp())));
+        }
+    }
+    if problems.is_empty() {
+        Ok(format!("{} certificate(s) verify to `{anchor_name}`", chain.len()))
+    } else {
+        Err(problems.join("; "))
+    }
 }

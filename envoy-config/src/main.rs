@@ -60,6 +60,9 @@ enum Command {
         /// A WorkloadCertificateConfig: check key algorithm and rotation window against it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// One JSON object instead of lines: `{"ok": bool, "checks": [{"name", "ok", "detail"}]}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -174,6 +177,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             dir,
             trust_domain,
             config,
+            json,
         } => {
             let config = config.as_deref().map(|p| load_config(Some(p))).transpose()?;
             let checks = doctor::examine(
@@ -184,14 +188,16 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     now: None,
                 },
             );
-            for c in &checks {
-                println!("{c}");
-            }
-            Ok(if checks.iter().all(|c| c.ok) {
-                ExitCode::SUCCESS
+            let ok = checks.iter().all(|c| c.ok);
+            if json {
+                let checks: Vec<serde_json::Value> = checks.iter().map(doctor::Check::to_json).collect();
+                println!("{:#}", serde_json::json!({"ok": ok, "checks": checks}));
             } else {
-                ExitCode::from(1)
-            })
+                for c in &checks {
+                    println!("{c}");
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }
