@@ -141,11 +141,14 @@ impl<'r> Model<'r> {
             server_tls: index(&res.server_tls_policies, |p| &p.name, "ServerTlsPolicy")?,
             gateways: index(&res.gateways, |g| &g.name, "Gateway")?,
             backends: index(&res.backend_services, |b| &b.name, "BackendService")?,
-            authz: res
-                .authorization_policies
-                .iter()
-                .map(|(f, n)| (n.as_str(), f.as_str()))
-                .collect(),
+            authz: index(
+                &res.authorization_policies,
+                |n: &String| n.as_str(),
+                "AuthorizationPolicy",
+            )?
+            .into_iter()
+            .map(|(name, (file, _))| (name, file))
+            .collect(),
         };
         index(&res.http_routes, |r| &r.name, "HTTPRoute")?;
         index(&res.endpoint_policies, |p| &p.name, "EndpointPolicy")?;
@@ -210,8 +213,63 @@ impl<'r> Model<'r> {
             if let Some(c) = &p.server_certificate {
                 check_provider(file, "serverCertificate", c)?;
             }
+            let open = p.allow_open == Some(true);
+            match (&p.server_certificate, &p.mtls_policy) {
+                // Without a server certificate there is no TLS to ask a client certificate in:
+                // the port would quietly serve plaintext.
+                (None, Some(_)) => {
+                    return Err(fail(
+                        file,
+                        "mtlsPolicy: requires serverCertificate (mTLS without a server certificate would be a plaintext port)",
+                    ));
+                }
+                (Some(_), None) if open => {
+                    return Err(fail(
+                        file,
+                        "allowOpen: cannot be combined with serverCertificate alone (the API has no plaintext-or-TLS mode; add mtlsPolicy for plaintext-or-mTLS)",
+                    ));
+                }
+                _ => {}
+            }
             for (i, c) in p.mtls_policy.iter().flat_map(|m| &m.client_validation_ca).enumerate() {
                 check_provider(file, &format!("mtlsPolicy.clientValidationCa[{i}]"), c)?;
+            }
+        }
+        for (file, g) in self.gateways.values() {
+            if g.kind != "OPEN_MESH" {
+                return Err(fail(
+                    file,
+                    format!(
+                        "type: `{}` is not supported (only OPEN_MESH: a standalone Envoy gateway)",
+                        g.kind
+                    ),
+                ));
+            }
+        }
+        for (file, b) in self.backends.values() {
+            if let Some(scheme) = b
+                .load_balancing_scheme
+                .as_deref()
+                .filter(|s| *s != "INTERNAL_SELF_MANAGED")
+            {
+                return Err(fail(
+                    file,
+                    format!(
+                        "loadBalancingScheme: `{scheme}` is not supported (only INTERNAL_SELF_MANAGED, a mesh service)"
+                    ),
+                ));
+            }
+            if let Some(protocol) = b.protocol.as_deref().filter(|p| *p != "HTTP") {
+                return Err(fail(
+                    file,
+                    format!("protocol: `{protocol}` is not supported (only HTTP, the guide's; HTTP/1.1 to the app)"),
+                ));
+            }
+            if !b.health_checks.is_empty() {
+                return Err(fail(
+                    file,
+                    "healthChecks: not supported: the generated clusters have static endpoints and no health checking",
+                ));
             }
         }
         for (file, p) in &self.res.endpoint_policies {
@@ -260,6 +318,18 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<G
                 p.name.clone(),
                 emit::plugin_config(&table, Mode::Enforce, Xfcc::SanitizeSet),
             );
+        }
+    }
+    for (file, p) in &res.endpoint_policies {
+        if p.kind == "GRPC_SERVER" {
+            let what = format!(
+                "type: endpoint policy `{}` is GRPC_SERVER: it programs proxyless gRPC servers, not Envoy, so no generated bootstrap applies it",
+                p.name
+            );
+            if opts.deny_warnings {
+                return Err(fail(file, format!("error: {what}")));
+            }
+            warnings.push(format!("{file}: warning: {what}"));
         }
     }
     let wl_file = "workloads";
@@ -663,24 +733,57 @@ fn inbound_listener(
     let transport = tls.and_then(|t| downstream_tls(t, &SecretFiles::of(w, opts)));
     let wasm = &opts.wasm;
     let mtls = tls.is_some_and(|t| t.mtls_policy.is_some()) && transport.is_some();
-    let mut filters = Vec::new();
-    if let Some(config) = authz {
-        filters.push(wasm_filter(config, wasm));
-    }
-    filters.push(router());
-    // With mTLS the peer's identity is forwarded in XFCC: by the meshauthz filter when it runs
-    // (it replaces whatever the client sent), else by Envoy itself.
-    let xfcc = if mtls && authz.is_none() {
-        json!({"forward_client_cert_details": "SANITIZE_SET", "set_current_client_cert_details": {"subject": true, "uri": true, "dns": true}})
-    } else {
-        json!({"forward_client_cert_details": "SANITIZE"})
+    let chain = |tls_chain: bool| {
+        let mut filters = Vec::new();
+        if let Some(config) = authz {
+            filters.push(wasm_filter(config, wasm));
+        }
+        filters.push(router());
+        // With mTLS the peer's identity is forwarded in XFCC: by the meshauthz filter when it
+        // runs (it replaces whatever the client sent), else by Envoy itself.
+        let xfcc = if tls_chain && mtls && authz.is_none() {
+            json!({"forward_client_cert_details": "SANITIZE_SET", "set_current_client_cert_details": {"subject": true, "uri": true, "dns": true}})
+        } else {
+            json!({"forward_client_cert_details": "SANITIZE"})
+        };
+        let vhost = json!({"name": "inbound", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound-app"}}]});
+        json!({"filters": [hcm("inbound", vec![vhost], filters, xfcc)]})
     };
-    let vhost = json!({"name": "inbound", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound-app"}}]});
-    let mut chain = json!({"filters": [hcm("inbound", vec![vhost], filters, xfcc)]});
-    if let Some(t) = transport {
-        chain["transport_socket"] = t;
+    listener("inbound", w, port, tls, transport, chain)
+}
+
+/// A listener whose filter chains serve what the server TLS policy asks: plaintext without
+/// one, TLS (or mTLS) with one, and with `allowOpen` next to `mtlsPolicy` both on one port,
+/// chosen per connection by the TLS inspector (a plaintext peer then has no principal).
+/// `chain(tls)` builds the filter chain for a TLS (`true`) or plaintext connection.
+fn listener(
+    name: &str,
+    w: &Workload,
+    port: u16,
+    tls: Option<&ServerTlsPolicy>,
+    transport: Option<Value>,
+    chain: impl Fn(bool) -> Value,
+) -> Value {
+    let mut l = json!({"name": name, "address": socket(w.address, port)});
+    let Some(transport) = transport else {
+        l["filter_chains"] = json!([chain(false)]);
+        return l;
+    };
+    let mut secure = chain(true);
+    secure["transport_socket"] = transport;
+    if tls.is_some_and(|t| t.allow_open == Some(true)) {
+        secure["filter_chain_match"] = json!({"transport_protocol": "tls"});
+        let mut open = chain(false);
+        open["filter_chain_match"] = json!({"transport_protocol": "raw_buffer"});
+        l["filter_chains"] = json!([secure, open]);
+        l["listener_filters"] = json!([{
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
+        }]);
+    } else {
+        l["filter_chains"] = json!([secure]);
     }
-    json!({"name": "inbound", "address": socket(w.address, port), "filter_chains": [chain]})
+    l
 }
 
 fn gateway_listener<'r>(
@@ -696,11 +799,10 @@ fn gateway_listener<'r>(
     // The gateway is the edge: it trusts no client-supplied forwarding headers (as every HCM
     // here: `hcm::security_settings`).
     let extra = json!({"forward_client_cert_details": "SANITIZE"});
-    let mut chain = json!({"filters": [hcm(&format!("gateway_{}_{port}", g.name), vhosts, vec![router()], extra)]});
-    if let Some(t) = tls.and_then(|t| downstream_tls(t, secrets)) {
-        chain["transport_socket"] = t;
-    }
-    json!({"name": format!("gateway-{}-{port}", g.name), "address": socket(w.address, port), "filter_chains": [chain]})
+    let stat = format!("gateway_{}_{port}", g.name);
+    let chain = |_tls: bool| json!({"filters": [hcm(&stat, vhosts.clone(), vec![router()], extra.clone())]});
+    let transport = tls.and_then(|t| downstream_tls(t, secrets));
+    listener(&format!("gateway-{}-{port}", g.name), w, port, tls, transport, chain)
 }
 
 fn static_cluster(name: &str, endpoints: &[(std::net::Ipv4Addr, u16)], tls: Option<Value>) -> Value {

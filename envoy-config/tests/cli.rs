@@ -347,6 +347,54 @@ fn generator_accepts_the_guide_and_rejects_bad_input() {
     );
     assert_rejected(&out, tmp.path(), "weird.yaml: cannot tell which resource this is");
 
+    // Nothing parsed is ignored: what the generator cannot honour is an error naming the field.
+    let no_cert = "name: server-mtls-policy\nmtlsPolicy:\n  clientValidationCa:\n  - certificateProviderInstance:\n      pluginInstance: google_cloud_private_spiffe\n";
+    let (out, tmp) = generate(&[("server-mtls-policy.yaml", no_cert)], final_step());
+    assert_rejected(
+        &out,
+        tmp.path(),
+        "server-mtls-policy.yaml: mtlsPolicy: requires serverCertificate",
+    );
+    let open_tls = "name: server-tls-policy\nallowOpen: true\nserverCertificate:\n  certificateProviderInstance:\n    pluginInstance: google_cloud_private_spiffe\n";
+    let (out, tmp) = generate(&[("server-tls-policy.yaml", open_tls)], final_step());
+    assert_rejected(
+        &out,
+        tmp.path(),
+        "server-tls-policy.yaml: allowOpen: cannot be combined with serverCertificate alone",
+    );
+    let backend = std::fs::read_to_string(guide().join("demo-backend-service.yaml")).expect("read");
+    for (extra, needle) in [
+        (
+            "healthChecks: [projects/p/global/healthChecks/hc]\n",
+            "healthChecks: not supported",
+        ),
+        ("protocol: GRPC\n", "protocol: `GRPC` is not supported"),
+    ] {
+        let text = format!("{backend}{extra}");
+        let (out, tmp) = generate(&[("demo-backend-service.yaml", &text)], final_step());
+        assert_rejected(&out, tmp.path(), needle);
+    }
+    let external = backend.replace("INTERNAL_SELF_MANAGED", "EXTERNAL");
+    let (out, tmp) = generate(&[("demo-backend-service.yaml", &external)], final_step());
+    assert_rejected(&out, tmp.path(), "loadBalancingScheme: `EXTERNAL` is not supported");
+    let gateway = std::fs::read_to_string(guide().join("td-gke-gateway.yaml"))
+        .expect("read")
+        .replace("OPEN_MESH", "SECURE_WEB_GATEWAY");
+    let (out, tmp) = generate(&[("td-gke-gateway.yaml", &gateway)], final_step());
+    assert_rejected(&out, tmp.path(), "type: `SECURE_WEB_GATEWAY` is not supported");
+    let twin = std::fs::read_to_string(guide().join("authz-policy-gateway.yaml")).expect("read");
+    let (out, tmp) = generate(&[("twin.yaml", &twin)], &[final_step(), &["twin.yaml"]].concat());
+    assert_rejected(&out, tmp.path(), "name: duplicate AuthorizationPolicy `authz-policy`");
+    // A GRPC_SERVER endpoint policy programs proxyless gRPC, not Envoy: said, not skipped silently.
+    let grpc = "name: grpc-ep\ntype: GRPC_SERVER\nendpointMatcher:\n  metadataLabelMatcher:\n    metadataLabelMatchCriteria: MATCH_ALL\n    metadataLabels: [{labelName: app, labelValue: payments}]\nserverTlsPolicy: projects/my-project/locations/global/serverTlsPolicies/server-mtls-policy\n";
+    let (out, _tmp) = generate(&[("grpc-ep.yaml", grpc)], &[final_step(), &["grpc-ep.yaml"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("grpc-ep.yaml: warning: type: endpoint policy `grpc-ep` is GRPC_SERVER"),
+        "{stderr}"
+    );
+
     // The policy compiler's warnings are printed; --deny-warnings makes them fatal.
     let lowercase = std::fs::read_to_string(guide().join("authz-policy-gateway.yaml"))
         .expect("read")

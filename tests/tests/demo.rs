@@ -88,3 +88,87 @@ fn guide_walkthrough_on_loopback() {
         "traffic flows with the rotated certificate"
     );
 }
+
+/// `allowOpen` next to `mtlsPolicy`: the server sidecar's port serves plaintext and mTLS
+/// clients alike, told apart per connection by the TLS inspector; the filter sees the
+/// plaintext peer without a principal and never passes its XFCC on.
+#[test]
+fn allow_open_serves_plaintext_and_mtls_on_one_port() {
+    use meshauthz_tests::CurlResult;
+    use meshauthz_tests::http::client_cert_args;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut mesh = Mesh::new(dir.path(), pick_block()).expect("mesh");
+    let open = dir.path().join("server-mtls-policy.yaml");
+    std::fs::write(
+        &open,
+        "name: server-mtls-policy\nallowOpen: true\nserverCertificate:\n  certificateProviderInstance:\n    \
+         pluginInstance: google_cloud_private_spiffe\nmtlsPolicy:\n  clientValidationCa:\n  - certificateProviderInstance:\n      \
+         pluginInstance: google_cloud_private_spiffe\n",
+    )
+    .expect("write");
+    // GET for the client's identity, PUT for anyone on loopback (plaintext included).
+    let authz = dir.path().join("authz-policy.yaml");
+    std::fs::write(
+        &authz,
+        format!(
+            "name: authz-policy\naction: ALLOW\nrules:\n- sources: [{{principals: [\"{}\"]}}]\n  \
+             destinations: [{{hosts: [service-test], ports: [8000], methods: [GET]}}]\n\
+             - sources: [{{ipBlocks: [127.0.0.0/8]}}]\n  destinations: [{{hosts: [service-test], ports: [8000], methods: [PUT]}}]\n",
+            mesh.spiffe_id("demo-client")
+        ),
+    )
+    .expect("write");
+    let files = [
+        "mesh.yaml",
+        "http_route.yaml",
+        "client-mtls-policy.yaml",
+        "demo-backend-service.yaml",
+        "ep_mtls_authz.yaml",
+        open.to_str().expect("utf-8"),
+        authz.to_str().expect("utf-8"),
+    ];
+    mesh.apply(1, &files).unwrap_or_else(|e| panic!("{e}"));
+    let server = format!("{}:8000", mesh.address("payments"));
+    let request = |tls: bool, method: &str| -> CurlResult {
+        let mut args = vec![
+            "-X".to_owned(),
+            method.to_owned(),
+            "-H".into(),
+            "Host: service-test".into(),
+        ];
+        args.extend(["-H".to_owned(), "x-forwarded-client-cert: By=spiffe://evil/x".into()]);
+        let scheme = if tls {
+            args.extend(client_cert_args(&dir.path().join("certs/client")));
+            args.push("-k".into());
+            "https"
+        } else {
+            "http"
+        };
+        args.push(format!("{scheme}://{server}/get"));
+        meshauthz_tests::curl(&args)
+    };
+    let mtls_get = request(true, "GET");
+    assert_eq!(mtls_get.status, 200, "mTLS GET: {mtls_get:?}");
+    assert!(
+        mtls_get
+            .echoed_header("x-forwarded-client-cert")
+            .is_some_and(|x| x.contains(&mesh.spiffe_id("demo-client")) && !x.contains("evil")),
+        "{mtls_get:?}"
+    );
+    let plain_get = request(false, "GET");
+    assert_eq!(
+        (plain_get.status, plain_get.body.as_str()),
+        (403, "RBAC: access denied"),
+        "plaintext has no principal"
+    );
+    let plain_put = request(false, "PUT");
+    assert_eq!(plain_put.status, 200, "plaintext PUT: {plain_put:?}");
+    assert_eq!(
+        plain_put.echoed_header("x-forwarded-client-cert"),
+        None,
+        "{plain_put:?}"
+    );
+    // And through the client sidecar, as the guide's client would.
+    assert_eq!(mesh.from_client("GET").status, 200);
+}
