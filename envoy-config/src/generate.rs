@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 use meshauthz_policy_compiler::emit::{self, Mode, Xfcc};
 use serde_json::{Value, json};
 
+use crate::bootstrap::{
+    self, CaSource, CertSource, Cluster, DownstreamTls, FilterChain, ForwardClientCert, Hcm, HttpFilter, Listener,
+    Route, Transport, UpstreamTls, VirtualHost,
+};
 use crate::resources::{
     BackendService, CertificateProvider, ClientTlsPolicy, EndpointPolicy, Gateway, HttpRoute, Mesh, ResourceError,
     Resources, ServerTlsPolicy, kind, reference,
@@ -177,6 +181,15 @@ impl<'r> Model<'r> {
 
     fn check_references(&self) -> Result<(), ResourceError> {
         for (file, r) in &self.routes {
+            if r.rules.len() != 1 {
+                return Err(fail(
+                    file,
+                    format!(
+                        "rules: {} rules; exactly one is supported (a rule without `matches` matches every request, so a second could never apply)",
+                        r.rules.len()
+                    ),
+                ));
+            }
             for (i, m) in r.meshes.iter().enumerate() {
                 self.resolve(file, &format!("meshes[{i}]"), m, kind::MESH, &self.meshes)?;
             }
@@ -399,7 +412,7 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<G
                         }
                     };
                     listeners.push(inbound_listener(w, app_port, tls, authz, opts));
-                    app_cluster = Some(static_cluster("inbound-app", &[(app_addr, app_port)], None));
+                    app_cluster = Some(Cluster::new("inbound-app", &[(app_addr, app_port)]));
                 } else if mesh.is_none() {
                     return Err(fail(
                         wl_file,
@@ -471,13 +484,13 @@ fn assemble(
     wl: &WorkloadsFile,
     model: &Model<'_>,
     opts: &Options,
-    listeners: Vec<Value>,
+    listeners: Vec<Listener>,
     mut backends_used: Vec<&str>,
-    app_cluster: Option<Value>,
+    app_cluster: Option<Cluster>,
 ) -> Result<Bootstrap, ResourceError> {
     backends_used.sort_unstable();
     backends_used.dedup();
-    let mut clusters: Vec<Value> = app_cluster.into_iter().collect();
+    let mut clusters: Vec<Cluster> = app_cluster.into_iter().collect();
     for name in backends_used {
         let Some((file, backend)) = model.backends.get(name) else {
             continue;
@@ -488,27 +501,28 @@ fn assemble(
             .filter(|e| e.backend_service.as_deref() == Some(name))
             .filter_map(|e| Some((e.address, e.app_port?)))
             .collect();
-        let tls = match &backend.security_settings {
-            None => None,
-            Some(s) => {
-                let policy_name = reference(
-                    file,
-                    "securitySettings.clientTlsPolicy",
-                    &s.client_tls_policy,
-                    kind::CLIENT_TLS,
-                )?;
-                let policy = model.client_tls.get(policy_name).map(|(_, p)| *p);
-                policy.map(|p| upstream_tls(p, &s.subject_alt_names, &SecretFiles::of(w, opts)))
-            }
-        };
-        clusters.push(static_cluster(name, &endpoints, tls));
+        let mut cluster = Cluster::new(name, &endpoints);
+        if let Some(s) = &backend.security_settings {
+            let policy_name = reference(
+                file,
+                "securitySettings.clientTlsPolicy",
+                &s.client_tls_policy,
+                kind::CLIENT_TLS,
+            )?;
+            cluster.tls = model
+                .client_tls
+                .get(policy_name)
+                .map(|(_, p)| upstream_tls(p, &s.subject_alt_names, &SecretFiles::of(w, opts)));
+        }
+        clusters.push(cluster);
     }
     let admin_port = w.admin_port.unwrap_or(15000);
-    let bootstrap = json!({
-        "node": {"id": format!("{}.{}", w.name, wl.namespace), "cluster": w.name},
-        "admin": {"address": socket(w.address, admin_port)},
-        "static_resources": {"listeners": listeners, "clusters": clusters},
-    });
+    let bootstrap = bootstrap::Bootstrap {
+        node: Some((format!("{}.{}", w.name, wl.namespace), w.name.clone())),
+        listeners,
+        clusters,
+        ..bootstrap::Bootstrap::new((w.address, admin_port))
+    };
     let to_yaml = |v: &Value| serde_yaml_ng::to_string(v).map_err(|e| fail("bootstrap", e.to_string()));
     let secrets = SecretFiles::of(w, opts);
     let sds_files = vec![
@@ -517,14 +531,10 @@ fn assemble(
     ];
     Ok(Bootstrap {
         workload: w.name.clone(),
-        yaml: to_yaml(&bootstrap)?,
+        yaml: to_yaml(&bootstrap.to_value())?,
         admin: (w.address, admin_port),
         sds_files,
     })
-}
-
-fn socket(addr: std::net::Ipv4Addr, port: u16) -> Value {
-    json!({"socket_address": {"address": addr.to_string(), "port_value": port}})
 }
 
 fn path(p: &Path) -> String {
@@ -580,147 +590,78 @@ impl SecretFiles {
         })
     }
 
-    fn cert_ref(&self) -> Value {
-        self.reference(CERT_SECRET, &self.cert_sds)
+    fn certificate(&self) -> CertSource {
+        CertSource::Sds(self.reference(CERT_SECRET, &self.cert_sds))
     }
 
-    fn ca_ref(&self) -> Value {
-        self.reference(CA_SECRET, &self.ca_sds)
+    fn trust_bundle(&self) -> CaSource {
+        CaSource::Sds(self.reference(CA_SECRET, &self.ca_sds))
     }
 }
 
-fn router() -> Value {
-    json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
-}
-
-fn virtual_hosts<'r>(routes: &[&'r HttpRoute], backends_used: &mut Vec<&'r str>) -> Vec<Value> {
-    routes
-        .iter()
-        .map(|r| {
-            let mut domains = Vec::new();
-            for h in &r.hostnames {
-                domains.push(h.clone());
-                domains.push(format!("{h}:*"));
-            }
-            let rules: Vec<Value> = r
-                .rules
-                .iter()
-                .map(|rule| {
-                    let dests = &rule.action.destinations;
-                    let names: Vec<&str> = dests.iter().filter_map(|d| d.service_name.rsplit('/').next()).collect();
-                    let route = if names.len() == 1 {
-                        json!({"cluster": names[0]})
-                    } else {
-                        let clusters: Vec<Value> = dests
-                            .iter()
-                            .zip(&names)
-                            .map(|(d, n)| json!({"name": n, "weight": d.weight.unwrap_or(1)}))
-                            .collect();
-                        json!({"weighted_clusters": {"clusters": clusters}})
-                    };
-                    json!({"match": {"prefix": "/"}, "route": route})
-                })
-                .collect();
-            // Names point into the route, which outlives this call.
-            for rule in &r.rules {
-                for d in &rule.action.destinations {
-                    if let Some(n) = d.service_name.rsplit('/').next() {
-                        backends_used.push(n);
-                    }
-                }
-            }
-            json!({"name": r.name, "domains": domains, "routes": rules})
-        })
-        .collect()
-}
-
-fn hcm(stat_prefix: &str, vhosts: Vec<Value>, filters: Vec<Value>, extra: Value) -> Value {
-    let mut config = json!({
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": stat_prefix,
-        "route_config": {"name": stat_prefix, "virtual_hosts": vhosts},
-        "http_filters": filters,
-    });
-    if let Some(c) = config.as_object_mut() {
-        for (k, v) in crate::hcm::security_settings() {
-            c.insert(k.to_owned(), v);
-        }
-        for (k, v) in extra.as_object().into_iter().flatten() {
-            c.insert(k.clone(), v.clone());
+fn virtual_hosts<'r>(routes: &[&'r HttpRoute], backends_used: &mut Vec<&'r str>) -> Vec<VirtualHost> {
+    let mut vhosts = Vec::new();
+    for r in routes {
+        let domains: Vec<String> = r.hostnames.iter().flat_map(|h| [h.clone(), format!("{h}:*")]).collect();
+        // One rule per route (checked): it sends every path to its destinations.
+        for rule in r.rules.iter().take(1) {
+            let dests = &rule.action.destinations;
+            let names: Vec<&'r str> = dests.iter().filter_map(|d| d.service_name.rsplit('/').next()).collect();
+            backends_used.extend(&names);
+            let route = match names.as_slice() {
+                [one] => Route::Cluster((*one).to_owned()),
+                _ => Route::Weighted(
+                    dests
+                        .iter()
+                        .zip(&names)
+                        .map(|(d, n)| ((*n).to_owned(), d.weight.unwrap_or(1)))
+                        .collect(),
+                ),
+            };
+            vhosts.push(VirtualHost {
+                name: r.name.clone(),
+                domains: domains.clone(),
+                route,
+                request_headers_to_add: Vec::new(),
+            });
         }
     }
-    json!({"name": "envoy.filters.network.http_connection_manager", "typed_config": config})
+    vhosts
 }
 
-fn outbound_listener<'r>(w: &Workload, port: u16, routes: &[&'r HttpRoute], backends_used: &mut Vec<&'r str>) -> Value {
-    let vhosts = virtual_hosts(routes, backends_used);
-    json!({
-        "name": "outbound",
-        "address": socket(w.address, port),
-        "filter_chains": [{"filters": [hcm("outbound", vhosts, vec![router()], json!({}))]}],
-    })
+fn outbound_listener<'r>(
+    w: &Workload,
+    port: u16,
+    routes: &[&'r HttpRoute],
+    backends_used: &mut Vec<&'r str>,
+) -> Listener {
+    Listener {
+        name: "outbound".into(),
+        address: (w.address, port),
+        chains: vec![FilterChain {
+            transport: None,
+            tls: None,
+            hcm: Hcm::new("outbound", virtual_hosts(routes, backends_used)),
+        }],
+    }
 }
 
-fn downstream_tls(tls: &ServerTlsPolicy, secrets: &SecretFiles) -> Option<Value> {
+fn downstream_tls(tls: &ServerTlsPolicy, secrets: &SecretFiles) -> Option<DownstreamTls> {
     tls.server_certificate.as_ref()?;
-    let mut ctx = json!({"tls_certificate_sds_secret_configs": [secrets.cert_ref()]});
-    let mtls = tls.mtls_policy.is_some();
-    if mtls {
-        ctx["validation_context_sds_secret_config"] = secrets.ca_ref();
-    }
-    Some(json!({
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "require_client_certificate": mtls,
-            "common_tls_context": ctx,
-        }
-    }))
-}
-
-fn upstream_tls(policy: &ClientTlsPolicy, sans: &[String], secrets: &SecretFiles) -> Value {
-    let mut ctx = json!({});
-    if policy.client_certificate.is_some() {
-        ctx["tls_certificate_sds_secret_configs"] = json!([secrets.cert_ref()]);
-    }
-    if !policy.server_validation_ca.is_empty() {
-        let matchers: Vec<Value> = sans
-            .iter()
-            .map(|s| json!({"san_type": "URI", "matcher": {"exact": s}}))
-            .collect();
-        ctx["combined_validation_context"] = json!({
-            "default_validation_context": {"match_typed_subject_alt_names": matchers},
-            "validation_context_sds_secret_config": secrets.ca_ref(),
-        });
-    }
-    let mut tls = json!({
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "common_tls_context": ctx,
-    });
-    if let Some(sni) = &policy.sni {
-        tls["sni"] = json!(sni);
-    }
-    json!({"name": "envoy.transport_sockets.tls", "typed_config": tls})
-}
-
-fn wasm_filter(plugin_config: &str, wasm: &Path) -> Value {
-    json!({
-        "name": "meshauthz",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "meshauthz",
-                "root_id": "meshauthz",
-                "fail_open": false,
-                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config},
-                "vm_config": {
-                    "vm_id": "meshauthz",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": path(wasm)}},
-                },
-            },
-        },
+    Some(DownstreamTls {
+        certificate: secrets.certificate(),
+        client_ca: tls.mtls_policy.as_ref().map(|_| secrets.trust_bundle()),
+        alpn: false,
     })
+}
+
+fn upstream_tls(policy: &ClientTlsPolicy, sans: &[String], secrets: &SecretFiles) -> UpstreamTls {
+    UpstreamTls {
+        certificate: policy.client_certificate.as_ref().map(|_| secrets.certificate()),
+        server_ca: (!policy.server_validation_ca.is_empty()).then(|| secrets.trust_bundle()),
+        uri_sans: sans.to_vec(),
+        sni: policy.sni.clone(),
+    }
 }
 
 fn inbound_listener(
@@ -729,61 +670,66 @@ fn inbound_listener(
     tls: Option<&ServerTlsPolicy>,
     authz: Option<&str>,
     opts: &Options,
-) -> Value {
+) -> Listener {
     let transport = tls.and_then(|t| downstream_tls(t, &SecretFiles::of(w, opts)));
-    let wasm = &opts.wasm;
-    let mtls = tls.is_some_and(|t| t.mtls_policy.is_some()) && transport.is_some();
-    let chain = |tls_chain: bool| {
-        let mut filters = Vec::new();
-        if let Some(config) = authz {
-            filters.push(wasm_filter(config, wasm));
-        }
-        filters.push(router());
+    let mtls = transport.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let hcm = |tls_chain: bool| Hcm {
+        http_filters: authz
+            .map(|config| HttpFilter::Meshauthz {
+                plugin_config: config.to_owned(),
+                wasm: opts.wasm.clone(),
+            })
+            .into_iter()
+            .collect(),
         // With mTLS the peer's identity is forwarded in XFCC: by the meshauthz filter when it
         // runs (it replaces whatever the client sent), else by Envoy itself.
-        let xfcc = if tls_chain && mtls && authz.is_none() {
-            json!({"forward_client_cert_details": "SANITIZE_SET", "set_current_client_cert_details": {"subject": true, "uri": true, "dns": true}})
+        forward_client_cert: if tls_chain && mtls && authz.is_none() {
+            ForwardClientCert::SanitizeSet
         } else {
-            json!({"forward_client_cert_details": "SANITIZE"})
-        };
-        let vhost = json!({"name": "inbound", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "inbound-app"}}]});
-        json!({"filters": [hcm("inbound", vec![vhost], filters, xfcc)]})
+            ForwardClientCert::Sanitize
+        },
+        ..Hcm::new(
+            "inbound",
+            vec![VirtualHost::new(
+                "inbound",
+                &["*"],
+                Route::Cluster("inbound-app".into()),
+            )],
+        )
     };
-    listener("inbound", w, port, tls, transport, chain)
+    listener("inbound", w, port, tls, transport, hcm)
 }
 
 /// A listener whose filter chains serve what the server TLS policy asks: plaintext without
 /// one, TLS (or mTLS) with one, and with `allowOpen` next to `mtlsPolicy` both on one port,
 /// chosen per connection by the TLS inspector (a plaintext peer then has no principal).
-/// `chain(tls)` builds the filter chain for a TLS (`true`) or plaintext connection.
+/// `hcm(tls)` builds the HCM for a TLS (`true`) or plaintext connection.
 fn listener(
     name: &str,
     w: &Workload,
     port: u16,
     tls: Option<&ServerTlsPolicy>,
-    transport: Option<Value>,
-    chain: impl Fn(bool) -> Value,
-) -> Value {
-    let mut l = json!({"name": name, "address": socket(w.address, port)});
-    let Some(transport) = transport else {
-        l["filter_chains"] = json!([chain(false)]);
-        return l;
+    transport: Option<DownstreamTls>,
+    hcm: impl Fn(bool) -> Hcm,
+) -> Listener {
+    let chain = |transport, tls, secure| FilterChain {
+        transport,
+        tls,
+        hcm: hcm(secure),
     };
-    let mut secure = chain(true);
-    secure["transport_socket"] = transport;
-    if tls.is_some_and(|t| t.allow_open == Some(true)) {
-        secure["filter_chain_match"] = json!({"transport_protocol": "tls"});
-        let mut open = chain(false);
-        open["filter_chain_match"] = json!({"transport_protocol": "raw_buffer"});
-        l["filter_chains"] = json!([secure, open]);
-        l["listener_filters"] = json!([{
-            "name": "envoy.filters.listener.tls_inspector",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"},
-        }]);
-    } else {
-        l["filter_chains"] = json!([secure]);
+    let chains = match transport {
+        None => vec![chain(None, None, false)],
+        Some(t) if tls.is_some_and(|p| p.allow_open == Some(true)) => vec![
+            chain(Some(Transport::Tls), Some(t), true),
+            chain(Some(Transport::Plaintext), None, false),
+        ],
+        Some(t) => vec![chain(None, Some(t), true)],
+    };
+    Listener {
+        name: name.to_owned(),
+        address: (w.address, port),
+        chains,
     }
-    l
 }
 
 fn gateway_listener<'r>(
@@ -794,30 +740,12 @@ fn gateway_listener<'r>(
     secrets: &SecretFiles,
     routes: &[&'r HttpRoute],
     backends_used: &mut Vec<&'r str>,
-) -> Value {
+) -> Listener {
     let vhosts = virtual_hosts(routes, backends_used);
+    let stat = format!("gateway_{}_{port}", g.name);
     // The gateway is the edge: it trusts no client-supplied forwarding headers (as every HCM
     // here: `hcm::security_settings`).
-    let extra = json!({"forward_client_cert_details": "SANITIZE"});
-    let stat = format!("gateway_{}_{port}", g.name);
-    let chain = |_tls: bool| json!({"filters": [hcm(&stat, vhosts.clone(), vec![router()], extra.clone())]});
+    let hcm = |_tls: bool| Hcm::new(&stat, vhosts.clone());
     let transport = tls.and_then(|t| downstream_tls(t, secrets));
-    listener(&format!("gateway-{}-{port}", g.name), w, port, tls, transport, chain)
-}
-
-fn static_cluster(name: &str, endpoints: &[(std::net::Ipv4Addr, u16)], tls: Option<Value>) -> Value {
-    let lb: Vec<Value> = endpoints
-        .iter()
-        .map(|&(a, p)| json!({"endpoint": {"address": socket(a, p)}}))
-        .collect();
-    let mut c = json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb}]},
-    });
-    if let Some(t) = tls {
-        c["transport_socket"] = t;
-    }
-    c
+    listener(&format!("gateway-{}-{port}", g.name), w, port, tls, transport, hcm)
 }

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
 pub mod ca;
 pub mod doctor;
 pub mod generate;

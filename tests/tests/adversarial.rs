@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_policy_compiler::compile_sources;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
-use meshauthz_tests::bootstrap::{Listener, bootstrap};
+use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, bootstrap};
 use meshauthz_tests::http::{client_cert_args, curl_batch};
 use meshauthz_tests::{CurlResult, Echo, Envoy, filter_faults_wasm, filter_wasm, free_port};
 
@@ -75,7 +75,7 @@ struct Spec {
     tls: Option<&'static str>,
     hardened: bool,
     xfcc: Xfcc,
-    fcc: &'static str,
+    fcc: ForwardClientCert,
 }
 
 const fn spec(name: &'static str, kind: &'static str, hardened: bool) -> Spec {
@@ -85,7 +85,7 @@ const fn spec(name: &'static str, kind: &'static str, hardened: bool) -> Spec {
         tls: Some("server"),
         hardened,
         xfcc: Xfcc::SanitizeSet,
-        fcc: "SANITIZE",
+        fcc: ForwardClientCert::Sanitize,
     }
 }
 
@@ -560,7 +560,7 @@ fn certificates_that_are_not_svids_are_denied_and_xfcc_never_passes_from_plainte
         tls: None,
         xfcc,
         // The HCM keeps the client's header, so what reaches the upstream is the filter's doing.
-        fcc: "ALWAYS_FORWARD_ONLY",
+        fcc: ForwardClientCert::AlwaysForwardOnly,
         ..spec(name, "allow-all", true)
     };
     let mesh = Mesh::start(

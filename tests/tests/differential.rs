@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_policy_compiler::{compile_sources, rbac::envoy_rbac};
-use meshauthz_tests::bootstrap::{Listener, bootstrap};
+use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, bootstrap};
 use meshauthz_tests::http::client_cert_args;
 use meshauthz_tests::{Echo, Envoy, curl, filter_wasm};
 
@@ -155,7 +155,7 @@ fn wasm_filter_and_native_rbac_decide_alike() {
                     tls: (i < 2).then(|| server.clone()),
                     plugin_config: wasm.then(|| plugin.clone()),
                     rbac_filters: (!wasm).then(|| rbac.clone()),
-                    forward_client_cert: "SANITIZE",
+                    forward_client_cert: ForwardClientCert::Sanitize,
                     hardened: true,
                 })
                 .collect();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_policy_compiler::compile_sources;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
-use meshauthz_tests::bootstrap::{Listener, bootstrap};
+use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, bootstrap};
 use meshauthz_tests::http::client_cert_args;
 use meshauthz_tests::{CurlResult, Echo, Envoy, curl, filter_wasm, free_port, wait_until};
 
@@ -119,13 +119,43 @@ impl Fixture {
             hardened: true,
         };
         let listeners = [
-            listener("enforce", ports.enforce, true, Some(&enforce), "SANITIZE"),
-            listener("unlisted", ports.unlisted, true, Some(&enforce), "SANITIZE"),
-            listener("reference", ports.reference, true, None, "SANITIZE_SET"),
-            listener("plaintext", ports.plaintext, false, Some(&enforce), "SANITIZE"),
-            listener("shadow", ports.shadow, true, Some(&shadow), "SANITIZE"),
-            listener("append", ports.append, true, Some(&append), "FORWARD_ONLY"),
-            listener("xfcc-off", ports.xfcc_off, true, Some(&off), "FORWARD_ONLY"),
+            listener(
+                "enforce",
+                ports.enforce,
+                true,
+                Some(&enforce),
+                ForwardClientCert::Sanitize,
+            ),
+            listener(
+                "unlisted",
+                ports.unlisted,
+                true,
+                Some(&enforce),
+                ForwardClientCert::Sanitize,
+            ),
+            listener("reference", ports.reference, true, None, ForwardClientCert::SanitizeSet),
+            listener(
+                "plaintext",
+                ports.plaintext,
+                false,
+                Some(&enforce),
+                ForwardClientCert::Sanitize,
+            ),
+            listener("shadow", ports.shadow, true, Some(&shadow), ForwardClientCert::Sanitize),
+            listener(
+                "append",
+                ports.append,
+                true,
+                Some(&append),
+                ForwardClientCert::ForwardOnly,
+            ),
+            listener(
+                "xfcc-off",
+                ports.xfcc_off,
+                true,
+                Some(&off),
+                ForwardClientCert::ForwardOnly,
+            ),
         ];
         let admin = free_port(ip);
         let yaml = bootstrap(admin, &listeners, &filter_wasm(), echo.addr().port());
@@ -338,7 +368,7 @@ fn refuses(plugin_config: &str, expect_in_log: &str) {
         port: free_port(Ipv4Addr::LOCALHOST),
         tls: None,
         plugin_config: Some(plugin_config.into()),
-        forward_client_cert: "SANITIZE",
+        forward_client_cert: ForwardClientCert::Sanitize,
         hardened: true,
     };
     let admin = free_port(Ipv4Addr::LOCALHOST);
@@ -408,7 +438,7 @@ fn policy_update_applies_while_requests_flow() {
             port,
             tls: Some(server.clone()),
             plugin_config: Some(config_for(&yaml, Mode::Enforce, Xfcc::SanitizeSet)),
-            forward_client_cert: "SANITIZE",
+            forward_client_cert: ForwardClientCert::Sanitize,
             hardened: true,
         }
     };

@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use meshauthz_envoy_config::bootstrap::{
+    Bootstrap, CaSource, CertSource, Cluster, DownstreamTls, FilterChain, ForwardClientCert, Hcm, HttpFilter, Listener,
+    Route, UpstreamTls, VirtualHost,
+};
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_policy_compiler::{compile_sources, rbac::envoy_rbac};
@@ -125,131 +129,105 @@ fn policy(rules: usize, port: u16) -> String {
     y
 }
 
-fn tls_files(dir: &Path) -> (String, String, String) {
-    let f = |n: &str| dir.join(n).display().to_string();
-    (f("certificates.pem"), f("private_key.pem"), f("ca_certificates.pem"))
-}
-
 /// How the server's HCM treats `x-forwarded-client-cert`. Every variant forwards the client's
 /// certificate to the upstream as the guide's sidecars do, so all four do the same job: meshauthz
 /// sets the header itself (the HCM only strips what the client sent), the others have the HCM set
 /// the same element natively.
-fn xfcc_handling(v: Variant) -> &'static str {
+fn xfcc_handling(v: Variant) -> ForwardClientCert {
     match v {
-        Variant::Meshauthz => "forward_client_cert_details: SANITIZE",
-        Variant::NoFilter | Variant::NativeRbac | Variant::NoopWasm => {
-            "forward_client_cert_details: SANITIZE_SET\n          set_current_client_cert_details: {subject: true, uri: true, dns: true}"
-        }
+        Variant::Meshauthz => ForwardClientCert::Sanitize,
+        Variant::NoFilter | Variant::NativeRbac | Variant::NoopWasm => ForwardClientCert::SanitizeSet,
     }
 }
 
-fn server_bootstrap(admin: u16, port: u16, certs: &Path, filters: &str, xfcc: &str) -> String {
-    let (cert, key, ca) = tls_files(certs);
-    let hardening = meshauthz_envoy_config::hcm::security_settings_yaml("          ");
-    format!(
-        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-static_resources:
-  listeners:
-  - name: inbound
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
-            validation_context: {{trusted_ca: {{filename: {ca}}}}}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: inbound
-          {xfcc}{hardening}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{{match: {{prefix: "/"}}, direct_response: {{status: 200, body: {{inline_string: "ok"}}}}}}]
-          http_filters:{filters}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#
-    )
+/// The server Envoy: mTLS inbound, `filters`, then a direct 200 (no upstream, so the proxy is
+/// what is measured).
+fn server_bootstrap(admin: u16, port: u16, certs: &Path, filters: Vec<HttpFilter>, xfcc: ForwardClientCert) -> String {
+    let hcm = Hcm {
+        http_filters: filters,
+        forward_client_cert: xfcc,
+        ..Hcm::new(
+            "inbound",
+            vec![VirtualHost::new(
+                "all",
+                &["*"],
+                Route::Direct {
+                    status: 200,
+                    body: "ok".into(),
+                },
+            )],
+        )
+    };
+    let listener = Listener {
+        name: "inbound".into(),
+        address: (Ipv4Addr::LOCALHOST, port),
+        chains: vec![FilterChain {
+            transport: None,
+            tls: Some(DownstreamTls {
+                certificate: CertSource::dir(certs),
+                client_ca: Some(CaSource::dir(certs)),
+                alpn: false,
+            }),
+            hcm,
+        }],
+    };
+    Bootstrap {
+        listeners: vec![listener],
+        ..Bootstrap::new((Ipv4Addr::LOCALHOST, admin))
+    }
+    .to_yaml()
 }
 
+/// The client sidecar: plaintext in, mTLS (checking the server's SPIFFE ID) out.
 fn client_bootstrap(admin: u16, port: u16, server_port: u16, certs: &Path) -> String {
-    let (cert, key, ca) = tls_files(certs);
-    format!(
-        r#"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-static_resources:
-  listeners:
-  - name: outbound
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: outbound
-          route_config:
-            virtual_hosts:
-            - name: service-test
-              domains: ["*"]
-              routes: [{{match: {{prefix: "/"}}, route: {{cluster: server}}}}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: server
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: server
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {server_port}}}}}}}}}]}}]
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context:
-          tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
-          validation_context:
-            trusted_ca: {{filename: {ca}}}
-            match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: "{SERVER_ID}"}}}}]
-"#
-    )
+    let listener = Listener {
+        name: "outbound".into(),
+        address: (Ipv4Addr::LOCALHOST, port),
+        chains: vec![FilterChain {
+            transport: None,
+            tls: None,
+            hcm: Hcm::new(
+                "outbound",
+                vec![VirtualHost::new(
+                    "service-test",
+                    &["*"],
+                    Route::Cluster("server".into()),
+                )],
+            ),
+        }],
+    };
+    let mut server = Cluster::new("server", &[(Ipv4Addr::LOCALHOST, server_port)]);
+    server.tls = Some(UpstreamTls {
+        certificate: Some(CertSource::dir(certs)),
+        server_ca: Some(CaSource::dir(certs)),
+        uri_sans: vec![SERVER_ID.into()],
+        sni: None,
+    });
+    Bootstrap {
+        listeners: vec![listener],
+        clusters: vec![server],
+        ..Bootstrap::new((Ipv4Addr::LOCALHOST, admin))
+    }
+    .to_yaml()
 }
 
-fn wasm_filter(wasm: &Path, config: &str) -> String {
-    let json = config.replace('\n', " ").replace('\'', "''");
-    format!(
-        r#"
-          - name: wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                root_id: bench
-                configuration: {{"@type": type.googleapis.com/google.protobuf.StringValue, value: '{json}'}}
-                vm_config: {{runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: {}}}}}}}"#,
-        wasm.display()
-    )
-}
-
-fn filters_for(v: Variant, args: &Args, rules: usize, port: u16) -> Result<String, String> {
+fn filters_for(v: Variant, args: &Args, rules: usize, port: u16) -> Result<Vec<HttpFilter>, String> {
     let compiled = compile_sources(&[("bench.yaml".into(), policy(rules, port))], false).map_err(|e| e.to_string())?;
     Ok(match v {
-        Variant::NoFilter => String::new(),
+        Variant::NoFilter => Vec::new(),
         Variant::NativeRbac => {
             let filters: Vec<serde_json::Value> =
                 serde_json::from_str(&envoy_rbac(&compiled.set, false)).map_err(|e| e.to_string())?;
-            filters.iter().map(|f| format!("\n          - {f}")).collect()
+            filters.into_iter().map(HttpFilter::Raw).collect()
         }
-        Variant::NoopWasm => wasm_filter(&args.noop, "{}"),
-        Variant::Meshauthz => wasm_filter(
-            &args.wasm,
-            &plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet),
-        ),
+        Variant::NoopWasm => vec![HttpFilter::OtherWasm {
+            plugin_config: "{}".into(),
+            wasm: args.noop.clone(),
+        }],
+        Variant::Meshauthz => vec![HttpFilter::Meshauthz {
+            plugin_config: plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet),
+            wasm: args.wasm.clone(),
+        }],
     })
 }
 
@@ -432,7 +410,7 @@ fn run() -> Result<(), String> {
                 let filters = filters_for(v, &args, size, server_port)?;
                 std::fs::write(
                     &boot,
-                    server_bootstrap(admin, server_port, &server_certs, &filters, xfcc_handling(v)),
+                    server_bootstrap(admin, server_port, &server_certs, filters, xfcc_handling(v)),
                 )
                 .map_err(|e| e.to_string())?;
                 let log = dir.path().join(format!("server-{}-{size}-{round}.log", v.name()));
