@@ -10,5 +10,6 @@ pub mod doctor;
 pub mod generate;
 pub mod guide;
 pub mod hcm;
+mod model;
 pub mod resources;
 pub mod workloads;
