@@ -165,6 +165,17 @@ fn principals(p: &[&str]) -> Vec<Source> {
     }]
 }
 
+/// One ALLOW policy without rules: every request that gets to a decision is allowed.
+fn allow_all() -> PolicySet {
+    PolicySet {
+        policies: vec![Policy {
+            name: "all".into(),
+            action: Action::Allow,
+            rules: vec![],
+        }],
+    }
+}
+
 /// DENY 10.0.0.0/8, ALLOW the client: every host call the decision needs is exercised.
 fn guarded() -> PolicySet {
     let deny_net = vec![Source {
@@ -219,14 +230,7 @@ fn every_failed_host_call_denies_and_is_not_remembered() {
         );
     }
     // Removing a plaintext client's XFCC fails: denied, the forged header must not pass.
-    let allow_all = PolicySet {
-        policies: vec![Policy {
-            name: "all".into(),
-            action: Action::Allow,
-            rules: vec![],
-        }],
-    };
-    let c = configured(&allow_all, XfccMode::SanitizeSet);
+    let c = configured(&allow_all(), XfccMode::SanitizeSet);
     let mut host = FakeHost::plaintext(7).header(XFCC, "By=forged");
     host.fail.push("remove_request_header");
     assert_eq!(run(&host, &mut Caches::default(), &c), Verdict::Denied);
@@ -234,14 +238,7 @@ fn every_failed_host_call_denies_and_is_not_remembered() {
 
 #[test]
 fn certificates_that_are_not_svids_are_refused() {
-    let allow_all = PolicySet {
-        policies: vec![Policy {
-            name: "all".into(),
-            action: Action::Allow,
-            rules: vec![],
-        }],
-    };
-    let c = configured(&allow_all, XfccMode::SanitizeSet);
+    let c = configured(&allow_all(), XfccMode::SanitizeSet);
     let mut caches = Caches::default();
     let two = cert_pem(&[CLIENT, "spiffe://td/ns/a/sa/other"]);
     let none = cert_pem(&[]);

@@ -96,6 +96,15 @@ pub fn bootstrap(admin_port: u16, listeners: &[Listener], wasm: &Path, upstream_
     .to_yaml()
 }
 
+/// Writes [`bootstrap`] into `dir` and starts Envoy on it (log: `dir/envoy.log`).
+pub fn start(dir: &Path, listeners: &[Listener], wasm: &Path, upstream_port: u16) -> crate::Envoy {
+    let admin = crate::free_port(Ipv4Addr::LOCALHOST);
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, bootstrap(admin, listeners, wasm, upstream_port)).expect("write bootstrap");
+    crate::Envoy::start(&path, (Ipv4Addr::LOCALHOST, admin).into(), &dir.join("envoy.log"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A bootstrap whose listeners come from `lds_path` (file-based LDS, watched for renames), so a
 /// test can swap a listener's filter configuration while Envoy runs.
 pub fn bootstrap_with_file_lds(admin_port: u16, lds_path: &Path, upstream_port: u16) -> String {

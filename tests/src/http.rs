@@ -43,20 +43,16 @@ pub fn client_cert_args(dir: &Path) -> Vec<String> {
     ]
 }
 
+/// The options every request here starts with: silent but for errors, a 10 s limit, the body
+/// to stdout followed by `write_out`, no proxy.
+fn common_args(write_out: &str) -> [String; 9] {
+    ["-sS", "--max-time", "10", "-o", "-", "-w", write_out, "--noproxy", "*"].map(str::to_owned)
+}
+
 /// Runs curl with a 10 s limit. `args` are curl arguments (URL included).
 pub fn curl(args: &[String]) -> CurlResult {
     let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "--noproxy",
-            "*",
-        ])
+        .args(common_args("\n%{http_code}"))
         .args(args)
         .output()
         .expect("curl runs (install curl)");
@@ -84,20 +80,7 @@ pub fn curl_batch(requests: &[Vec<String>]) -> Vec<(CurlResult, bool)> {
         if i > 0 {
             args.push("--next".into());
         }
-        args.extend(
-            [
-                "-sS",
-                "--max-time",
-                "10",
-                "-o",
-                "-",
-                "-w",
-                &format!("{BATCH_MARK} %{{http_code}} %{{num_connects}}\n"),
-                "--noproxy",
-                "*",
-            ]
-            .map(str::to_owned),
-        );
+        args.extend(common_args(&format!("{BATCH_MARK} %{{http_code}} %{{num_connects}}\n")));
         args.extend(r.iter().cloned());
     }
     let out = Command::new("curl")

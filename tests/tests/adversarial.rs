@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_policy_compiler::compile_sources;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
-use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, bootstrap};
+use meshauthz_tests::bootstrap::{self, ForwardClientCert, Listener};
 use meshauthz_tests::http::{client_cert_args, curl_batch};
 use meshauthz_tests::{CurlResult, Echo, Envoy, filter_faults_wasm, filter_wasm, free_port};
 
@@ -152,11 +152,7 @@ impl Mesh {
                 }
             })
             .collect();
-        let admin = free_port(ip);
-        let path = dir.path().join("envoy.yaml");
-        std::fs::write(&path, bootstrap(admin, &listeners, wasm, echo.addr().port())).expect("bootstrap");
-        let envoy =
-            Envoy::start(&path, (ip, admin).into(), &dir.path().join("envoy.log")).unwrap_or_else(|e| panic!("{e}"));
+        let envoy = bootstrap::start(dir.path(), &listeners, wasm, echo.addr().port());
         Mesh {
             dir,
             envoy,

@@ -157,12 +157,7 @@ impl Fixture {
                 ForwardClientCert::ForwardOnly,
             ),
         ];
-        let admin = free_port(ip);
-        let yaml = bootstrap(admin, &listeners, &filter_wasm(), echo.addr().port());
-        let path = dir.path().join("envoy.yaml");
-        std::fs::write(&path, yaml).expect("write bootstrap");
-        let envoy =
-            Envoy::start(&path, (ip, admin).into(), &dir.path().join("envoy.log")).unwrap_or_else(|e| panic!("{e}"));
+        let envoy = meshauthz_tests::bootstrap::start(dir.path(), &listeners, &filter_wasm(), echo.addr().port());
         Fixture {
             dir,
             envoy,
