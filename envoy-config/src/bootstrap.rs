@@ -209,6 +209,10 @@ impl DownstreamTls {
     }
 }
 
+/// The native filter's module name: Envoy loads `lib<name>.so` from
+/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub const NATIVE_MODULE: &str = "meshauthz_filter";
+
 /// The HCM's `forward_client_cert_details`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardClientCert {
@@ -220,6 +224,14 @@ pub enum ForwardClientCert {
     ForwardOnly,
     /// Always kept: only for tests of what the filter itself does with a client's header.
     AlwaysForwardOnly,
+    /// For the native filter: Envoy strips what the client sent and sets this hop's element
+    /// with the peer certificate (`Cert=`), from which the filter reads the peer's identity
+    /// (the dynamic-module ABI gives an HTTP filter no certificate); the filter then replaces
+    /// the element with its own.
+    SanitizeSetWithCert,
+    /// The same for the native filter's `append_forward`: previous hops' elements kept from
+    /// mTLS peers (removed from plaintext ones), this hop's appended with `Cert=`.
+    AppendForwardWithCert,
 }
 
 impl ForwardClientCert {
@@ -232,16 +244,42 @@ impl ForwardClientCert {
         }
     }
 
+    /// What the native filter needs instead of the mode the Wasm filter would use: the same
+    /// treatment of the client's header, plus this hop's certificate.
+    pub fn for_native_filter(self) -> ForwardClientCert {
+        match self {
+            ForwardClientCert::Sanitize => ForwardClientCert::SanitizeSetWithCert,
+            ForwardClientCert::ForwardOnly => ForwardClientCert::AppendForwardWithCert,
+            other => other,
+        }
+    }
+
+    /// The HCM mode the native filter's `xfcc` option needs.
+    pub fn for_native(append_forward: bool) -> ForwardClientCert {
+        if append_forward {
+            ForwardClientCert::AppendForwardWithCert
+        } else {
+            ForwardClientCert::SanitizeSetWithCert
+        }
+    }
+
     fn add_to(self, hcm: &mut Value) {
         let mode = match self {
             ForwardClientCert::Sanitize => "SANITIZE",
-            ForwardClientCert::SanitizeSet => "SANITIZE_SET",
+            ForwardClientCert::SanitizeSet | ForwardClientCert::SanitizeSetWithCert => "SANITIZE_SET",
             ForwardClientCert::ForwardOnly => "FORWARD_ONLY",
             ForwardClientCert::AlwaysForwardOnly => "ALWAYS_FORWARD_ONLY",
+            ForwardClientCert::AppendForwardWithCert => "APPEND_FORWARD",
         };
         hcm["forward_client_cert_details"] = json!(mode);
-        if self == ForwardClientCert::SanitizeSet {
-            hcm["set_current_client_cert_details"] = json!({"subject": true, "uri": true, "dns": true});
+        match self {
+            ForwardClientCert::SanitizeSet => {
+                hcm["set_current_client_cert_details"] = json!({"subject": true, "uri": true, "dns": true});
+            }
+            ForwardClientCert::SanitizeSetWithCert | ForwardClientCert::AppendForwardWithCert => {
+                hcm["set_current_client_cert_details"] = json!({"cert": true});
+            }
+            _ => {}
         }
     }
 }
@@ -346,6 +384,10 @@ pub enum HttpFilter {
     /// The meshauthz Wasm filter: `plugin_config` is the JSON of `--emit plugin-config`.
     /// Filters with the same `wasm` share one VM (one `vm_id`), as in a real sidecar.
     Meshauthz { plugin_config: String, wasm: PathBuf },
+    /// The same filter as an Envoy dynamic module (`libmeshauthz_filter.so`, found through
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`), with the same plugin configuration. Its HCM needs
+    /// [`ForwardClientCert::for_native`].
+    MeshauthzNative { plugin_config: String },
     /// Another proxy-wasm module (the benchmarks' no-op baseline).
     OtherWasm { plugin_config: String, wasm: PathBuf },
     /// A filter given as Envoy JSON (`--emit envoy-rbac`'s entries).
@@ -383,6 +425,15 @@ impl HttpFilter {
                 plugin_config,
                 wasm: code,
             } => wasm("other-wasm", plugin_config, code),
+            HttpFilter::MeshauthzNative { plugin_config } => json!({
+                "name": "meshauthz",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                    "dynamic_module_config": {"name": NATIVE_MODULE},
+                    "filter_name": "meshauthz",
+                    "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config},
+                },
+            }),
             HttpFilter::Raw(v) => v.clone(),
         }
     }

@@ -23,8 +23,6 @@
 
 #![allow(unsafe_code)]
 
-use std::mem::MaybeUninit;
-
 /// A host call's outcome. Only the distinction between success and the rest matters here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -161,36 +159,43 @@ mod host {
     }
 }
 
-// ---- Exports: Envoy calls these. ----
+// ---- Exports: Envoy calls these (only in the `.wasm`; the native build exports the dynamic
+// module's hooks instead). ----
 
+#[cfg(target_arch = "wasm32")]
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
 
 /// Envoy asks for `size` bytes to copy host data into; [`take`] gives them back to Rust.
+#[cfg(target_arch = "wasm32")]
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    let buffer: Box<[MaybeUninit<u8>]> = Box::new_uninit_slice(size);
+    let buffer: Box<[std::mem::MaybeUninit<u8>]> = Box::new_uninit_slice(size);
     Box::into_raw(buffer).cast::<u8>()
 }
 
+#[cfg(target_arch = "wasm32")]
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u32) {
-    crate::on_context_create(context_id, parent_context_id);
+    crate::wasm::on_context_create(context_id, parent_context_id);
 }
 
+#[cfg(target_arch = "wasm32")]
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: usize) -> u32 {
-    u32::from(crate::on_configure(root_context_id, configuration_size))
+    u32::from(crate::wasm::on_configure(root_context_id, configuration_size))
 }
 
+#[cfg(target_arch = "wasm32")]
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
-    crate::on_tick(root_context_id);
+    crate::wasm::on_tick(root_context_id);
 }
 
+#[cfg(target_arch = "wasm32")]
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _end_of_stream: u32) -> u32 {
-    match crate::on_request_headers(context_id) {
+    match crate::wasm::on_request_headers(context_id) {
         Action::Continue => 0,
         Action::Pause => 1,
     }

@@ -26,25 +26,10 @@ use meshauthz_table::Request;
 use crate::config::{FilterConfig, Mode, XfccMode};
 use crate::host::{Host, HostError, Property};
 use crate::identity::{self, PeerIdentity};
-use crate::stats::Stats;
 
 pub(crate) const XFCC: &str = "x-forwarded-client-cert";
 /// Peer certificates, and connections, remembered at once; a cache is cleared when it fills.
 const CACHE_LIMIT: usize = 4096;
-
-/// One filter configuration and its counters.
-#[derive(Debug)]
-pub struct Configured {
-    pub config: FilterConfig,
-    pub(crate) stats: Stats,
-}
-
-impl Configured {
-    pub fn new(config: FilterConfig) -> Configured {
-        let stats = Stats::define(&config.table);
-        Configured { config, stats }
-    }
-}
 
 /// What the filter tells the host to do with the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +37,26 @@ pub enum Verdict {
     Continue,
     /// Answered with the deny reply.
     Denied,
+}
+
+/// What a request counts for: each host layer keeps the counters its own way
+/// ([`crate::stats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tally {
+    /// Denied without a policy decision (authentication or host failure).
+    Refused,
+    Decided {
+        allowed: bool,
+        mode: Mode,
+        /// The policy whose rule decided, if one did.
+        policy: Option<u32>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub tally: Tally,
 }
 
 /// What a peer certificate gives every connection that presents it.
@@ -111,9 +116,9 @@ impl From<HostError> for Refusal {
 }
 
 /// Decides one request and acts on it through `host`.
-pub fn on_request<H: Host>(host: &H, caches: &mut Caches, configured: &Configured) -> Verdict {
-    match decide(host, caches, configured) {
-        Ok(verdict) => verdict,
+pub fn on_request<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Outcome {
+    match decide(host, caches, config) {
+        Ok(outcome) => outcome,
         Err(refusal) => {
             match refusal {
                 Refusal::Host(e) => warn!("meshauthz: {e}; denying"),
@@ -123,15 +128,16 @@ pub fn on_request<H: Host>(host: &H, caches: &mut Caches, configured: &Configure
                 Refusal::MalformedHeaders => warn!("meshauthz: malformed request headers from Envoy; denying"),
                 Refusal::SourceNotPeer => {}
             }
-            configured.stats.record_refusal();
             host.send_deny();
-            Verdict::Denied
+            Outcome {
+                verdict: Verdict::Denied,
+                tally: Tally::Refused,
+            }
         }
     }
 }
 
-fn decide<H: Host>(host: &H, caches: &mut Caches, configured: &Configured) -> Result<Verdict, Refusal> {
-    let config = &configured.config;
+fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Result<Outcome, Refusal> {
     let connection = connection(host, caches)?;
     let (principal, xfcc) = match &connection.authn {
         Authn::None => (None, None),
@@ -171,7 +177,11 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, configured: &Configured) -> Re
     if let Some(e) = port_failure.take() {
         return Err(e.into());
     }
-    configured.stats.record(&decision, config.mode);
+    let tally = Tally::Decided {
+        allowed: decision.allowed,
+        mode: config.mode,
+        policy: decision.by.map(|b| b.policy),
+    };
     if log::log_enabled!(log::Level::Debug) {
         let by = decision.by.map(|b| (config.table.policy_name(b.policy), b.rule));
         debug!(
@@ -188,10 +198,16 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, configured: &Configured) -> Re
     }
     if !decision.allowed && config.mode == Mode::Enforce {
         host.send_deny();
-        return Ok(Verdict::Denied);
+        return Ok(Outcome {
+            verdict: Verdict::Denied,
+            tally,
+        });
     }
     forward_client_cert(host, config.xfcc, xfcc, headers.xfcc.as_deref())?;
-    Ok(Verdict::Continue)
+    Ok(Outcome {
+        verdict: Verdict::Continue,
+        tally,
+    })
 }
 
 /// Inserts into a cache of at most [`CACHE_LIMIT`] entries, clearing it when full: the entries
@@ -255,7 +271,7 @@ fn authenticate<H: Host>(host: &H, caches: &mut Caches) -> Result<Authn, HostErr
             let pem = host
                 .property(Property::PeerCertificate)?
                 .ok_or_else(|| unexpected(Property::PeerCertificate, "absent on an mTLS connection"))?;
-            let identity = identity::from_pem(&percent_decode(&pem)).unwrap_or_else(|e| PeerIdentity {
+            let identity = identity::from_pem(&crate::xfcc::percent_decode(&pem)).unwrap_or_else(|e| PeerIdentity {
                 principal: Err(e),
                 uris: Vec::new(),
                 dns: Vec::new(),
@@ -326,37 +342,6 @@ fn text(bytes: Option<Box<[u8]>>) -> String {
     bytes
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
-}
-
-/// `connection.peer_certificate` is documented as URL-encoded PEM; plain PEM passes unchanged.
-fn percent_decode(bytes: &[u8]) -> Cow<'_, [u8]> {
-    if !bytes.contains(&b'%') {
-        return Cow::Borrowed(bytes);
-    }
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let decoded = match (
-            b,
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => Some((hi * 16 + lo) as u8),
-            _ => None,
-        };
-        match decoded {
-            Some(d) => {
-                out.push(d);
-                i += 3;
-            }
-            None => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Cow::Owned(out)
 }
 
 /// What the evaluator needs from the request headers, borrowed from the host's buffer where it

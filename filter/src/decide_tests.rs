@@ -128,7 +128,7 @@ impl FakeHost {
     }
 }
 
-fn configured(set: &PolicySet, xfcc: XfccMode) -> Configured {
+fn configured(set: &PolicySet, xfcc: XfccMode) -> FilterConfig {
     let table = base64::engine::general_purpose::STANDARD.encode(meshauthz_table::wire::encode(set));
     let mode = match xfcc {
         XfccMode::SanitizeSet => "sanitize_set",
@@ -136,7 +136,7 @@ fn configured(set: &PolicySet, xfcc: XfccMode) -> Configured {
         XfccMode::Off => "off",
     };
     let json = format!(r#"{{"table":"{table}","xfcc":"{mode}"}}"#);
-    Configured::new(FilterConfig::parse(Some(json.as_bytes())).unwrap())
+    FilterConfig::parse(Some(json.as_bytes())).unwrap()
 }
 
 fn policy(name: &str, action: Action, sources: Vec<Source>, header: Option<(&str, &str)>) -> Policy {
@@ -190,8 +190,14 @@ fn guarded() -> PolicySet {
     }
 }
 
-fn run(host: &FakeHost, caches: &mut Caches, c: &Configured) -> Verdict {
-    let v = on_request(host, caches, c);
+fn run(host: &FakeHost, caches: &mut Caches, c: &FilterConfig) -> Verdict {
+    let outcome = on_request(host, caches, c);
+    let v = outcome.verdict;
+    assert_eq!(
+        outcome.tally == Tally::Refused,
+        v == Verdict::Denied && !matches!(outcome.tally, Tally::Decided { .. }),
+        "a refusal is counted as one"
+    );
     assert_eq!(
         v == Verdict::Denied,
         host.denied.get(),

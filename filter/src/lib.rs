@@ -1,226 +1,40 @@
 //! meshauthz's Envoy filter: enforces a compiled decision table on every inbound request.
 //!
-//! The request logic lives once in [`decide`], written against the [`host::Host`] trait; this
-//! file and [`abi`] are the proxy-wasm host layer: the exports Envoy calls, the configuration
-//! of each root context, and [`WasmHost`], which answers the logic's questions with host calls.
+//! The request logic lives once, in [`decide`], written against the [`host::Host`] trait. Two
+//! thin host layers carry it into Envoy, and are the crate's only `unsafe` code:
+//! - [`wasm`] with [`abi`]: a proxy-wasm module (`meshauthz_filter.wasm`, V8);
+//! - `native` (native targets): an Envoy dynamic module (`libmeshauthz_filter.so`, ABI
+//!   `v0.2.0`), running at the speed of a built-in filter.
 //!
-//! Fail closed: without a valid table, `on_configure` returns false (Envoy rejects the
-//! configuration) and any request that still reaches the filter is denied; a stream whose own
-//! root context has no table is denied, never decided by another listener's table ([`roots`]).
-//!
-//! Cheap by construction: the filter speaks the proxy-wasm ABI itself ([`abi`]) and exports
-//! only the callbacks it needs, so Envoy enters the VM twice per request (context create,
-//! request headers) where an SDK filter is entered six times. A request on a known connection
-//! costs three host calls: `connection_id`, all request headers in one call, then the XFCC
-//! header or the local reply (plus `source.address` when a policy looks at it). The peer
-//! identity and `destination.port` are looked up on a connection's first request and
-//! remembered for the connection.
+//! Fail closed: without a valid table the configuration is rejected, and any request that
+//! still reaches the filter is denied; every error path denies ([`decide`]).
 
+// The proxy-wasm layer is built for the `.wasm` (and compiled natively for its unit tests,
+// against stand-ins for the host); the dynamic-module layer for native targets.
+#[cfg(any(target_arch = "wasm32", test))]
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub mod abi;
 pub mod config;
 pub mod decide;
 pub mod host;
 pub mod identity;
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
+#[cfg(any(target_arch = "wasm32", test))]
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub mod pairs;
+#[cfg(any(target_arch = "wasm32", test))]
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 mod roots;
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 mod stats;
-
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::sync::LazyLock;
-
-use log::{error, info, warn};
-
-use abi::{Action, Status};
-use config::FilterConfig;
-use decide::{Caches, Configured, Verdict};
-use host::{Host, HostError, Property};
-use pairs::Pairs;
-use roots::Roots;
+#[cfg(any(target_arch = "wasm32", test))]
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub mod wasm;
+pub mod xfcc;
 
 /// The deny reply, byte for byte what Envoy's RBAC filter sends.
 pub const DENY_STATUS: u32 = 403;
 pub const DENY_BODY: &[u8] = b"RBAC: access denied";
 /// What Envoy's `%RESPONSE_CODE_DETAILS%` shows for a request this filter denied.
 pub const DENY_DETAILS: &str = "meshauthz_access_denied";
-/// The deny reply's headers, serialized once for every denied request.
-static DENY_HEADERS: LazyLock<Vec<u8>> = LazyLock::new(|| pairs::serialize(&[("content-type", "text/plain")]));
-
-/// The VM's state. Envoy runs one VM per worker thread and calls it from that thread only.
-#[derive(Debug)]
-struct State {
-    roots: Roots<Configured>,
-    caches: Caches,
-}
-
-thread_local! {
-    static STATE: RefCell<State> = RefCell::new(State {
-        roots: Roots::new(),
-        caches: Caches::default(),
-    });
-}
-
-fn on_context_create(context_id: u32, root_context_id: u32) {
-    // Root contexts (parent 0) are set up by `on_configure`.
-    if root_context_id != 0 {
-        STATE.with_borrow_mut(|s| s.roots.stream_created(context_id, root_context_id));
-    }
-}
-
-fn on_configure(root_context_id: u32, size: usize) -> bool {
-    let started = abi::now_nanos();
-    // Follow Envoy's `wasm` log level, so `--component-log-level wasm:debug` turns on the
-    // per-decision log lines; below Info nothing per request is formatted.
-    abi::init_logging(abi::log_level().unwrap_or(log::LevelFilter::Info));
-    let bytes = match abi::plugin_configuration(size) {
-        Ok(bytes) => bytes,
-        Err(status) => {
-            error!("meshauthz: rejecting configuration: cannot read it from Envoy ({status:?})");
-            return false;
-        }
-    };
-    match FilterConfig::parse(bytes.as_deref()) {
-        Ok(config) => {
-            let elapsed_ms = match (started, abi::now_nanos()) {
-                (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6,
-                _ => 0.0,
-            };
-            info!(
-                "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?} configure_ms={elapsed_ms:.3}",
-                config.table.policy_count(),
-                config.table.rule_count(),
-                config.mode,
-                config.xfcc,
-            );
-            if !config.fail_host_calls.is_empty() {
-                warn!(
-                    "meshauthz: fault injection: failing host calls {:?}",
-                    config.fail_host_calls
-                );
-            }
-            let replaced =
-                STATE.with_borrow_mut(|s| s.roots.configure(root_context_id, Rc::new(Configured::new(config))));
-            if let Some(old) = replaced {
-                old.stats.flush();
-            }
-            abi::set_tick_period(stats::FLUSH_PERIOD_MS);
-            true
-        }
-        Err(e) => {
-            error!("meshauthz: rejecting configuration: {e}");
-            false
-        }
-    }
-}
-
-/// Flushes the root's counters, and those of roots found gone ([`roots`]) before their
-/// tables are dropped.
-fn on_tick(root_context_id: u32) {
-    let tick = STATE.with_borrow_mut(|s| s.roots.tick(root_context_id));
-    if let Some(c) = tick.ticked {
-        c.stats.flush();
-    }
-    for (id, c) in tick.gone {
-        c.stats.flush();
-        info!("meshauthz: dropped the table of root context {id}, which stopped ticking");
-    }
-}
-
-fn on_request_headers(context_id: u32) -> Action {
-    let Some(configured) = STATE.with_borrow(|s| s.roots.of_stream(context_id)) else {
-        warn!("meshauthz: no valid table for this stream's own configuration; denying");
-        WasmHost { fail: &[] }.send_deny();
-        return Action::Pause;
-    };
-    let host = WasmHost {
-        fail: &configured.config.fail_host_calls,
-    };
-    // Host calls made while deciding never re-enter the VM except through
-    // `proxy_on_memory_allocate`, which does not touch the state.
-    let verdict = STATE.with_borrow_mut(|s| decide::on_request(&host, &mut s.caches, &configured));
-    match verdict {
-        Verdict::Continue => Action::Continue,
-        Verdict::Denied => Action::Pause,
-    }
-}
-
-/// The proxy-wasm host, as [`decide`] sees it.
-struct WasmHost<'a> {
-    /// Host call names to fail (fault-injection builds only; empty otherwise).
-    fail: &'a [String],
-}
-
-impl WasmHost<'_> {
-    fn check(&self, what: &'static str) -> Result<(), HostError> {
-        if self.fail.iter().any(|f| f == what) {
-            return Err(HostError {
-                what,
-                status: "failed by fault injection".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-fn host_result<T>(what: &'static str, r: Result<T, Status>) -> Result<T, HostError> {
-    r.map_err(|status| HostError {
-        what,
-        status: format!("{status:?}"),
-    })
-}
-
-impl Host for WasmHost<'_> {
-    type Headers = Box<[u8]>;
-
-    fn property(&self, property: Property) -> Result<Option<Box<[u8]>>, HostError> {
-        let what = property.name();
-        self.check(what)?;
-        let path: &[u8] = match property {
-            Property::ConnectionId => b"connection_id",
-            Property::Mtls => b"connection\0mtls",
-            Property::PeerCertificateDigest => b"connection\0sha256_peer_certificate_digest",
-            Property::PeerCertificate => b"connection\0peer_certificate",
-            Property::PeerSubject => b"connection\0subject_peer_certificate",
-            Property::LocalUriSan => b"connection\0uri_san_local_certificate",
-            Property::SourceAddress => b"source\0address",
-            Property::DestinationPort => b"destination\0port",
-        };
-        host_result(what, abi::property(path))
-    }
-
-    fn request_headers(&self) -> Result<Box<[u8]>, HostError> {
-        self.check("request_headers")?;
-        host_result("request_headers", abi::request_header_pairs())?.ok_or_else(|| HostError {
-            what: "request_headers",
-            status: "no header map".into(),
-        })
-    }
-
-    fn header_pairs(headers: &Box<[u8]>) -> Option<impl Iterator<Item = (&[u8], &[u8])>> {
-        Some(Pairs::parse(headers)?.iter())
-    }
-
-    fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
-        self.check("set_request_header")?;
-        status_result("set_request_header", abi::replace_request_header(name, value))
-    }
-
-    fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
-        self.check("remove_request_header")?;
-        status_result("remove_request_header", abi::remove_request_header(name))
-    }
-
-    fn send_deny(&self) {
-        abi::send_local_response(DENY_STATUS, DENY_DETAILS, DENY_BODY, &DENY_HEADERS);
-    }
-}
-
-fn status_result(what: &'static str, status: Status) -> Result<(), HostError> {
-    match status {
-        Status::Ok => Ok(()),
-        other => Err(HostError {
-            what,
-            status: format!("{other:?}"),
-        }),
-    }
-}

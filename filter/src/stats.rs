@@ -1,5 +1,6 @@
-//! Counters at Envoy's admin `/stats`. Envoy prefixes metrics a Wasm module defines with
-//! `wasmcustom.`, so these read `wasmcustom.meshauthz.allowed` and so on:
+//! Counters at Envoy's admin `/stats`, the same names in both builds. Envoy prefixes them with
+//! `wasmcustom.` for the Wasm build and with the dynamic module's metrics namespace
+//! (`dynamicmodulescustom.` by default) for the native one:
 //!
 //! | name | counts |
 //! |---|---|
@@ -9,26 +10,73 @@
 //! | `meshauthz.refused` | requests denied without a policy decision: a certificate that is not an X.509-SVID, a failed host call, a source address that is not the peer's (also counted in `denied`) |
 //! | `meshauthz.policy.<name>.allowed` / `.denied` | decisions a policy's rule decided |
 //!
-//! A request only bumps counters in Wasm memory; the root context hands them to Envoy on a
-//! timer ([`FLUSH_PERIOD_MS`]), which saves two host calls per request. `/stats` may therefore lag
-//! by up to one period.
+//! Wasm: a request only bumps counters in Wasm memory; the root context hands them to Envoy on
+//! a timer (`FLUSH_PERIOD_MS`), which saves two host calls per request, so `/stats` may lag by
+//! up to one period. Native: each request increments Envoy's counters directly (a native call
+//! is cheap), so `/stats` is never behind.
 
+#[cfg(any(target_arch = "wasm32", test))]
 use std::cell::Cell;
 
+#[cfg(any(target_arch = "wasm32", test))]
 use crate::abi;
 use crate::config::Mode;
-use meshauthz_table::{Action, Decision, Table};
+use crate::decide::Tally;
+use meshauthz_table::{Action, Table};
+
+/// Every counter's name without its namespace prefix, for one table: the fixed ones, then one
+/// per policy (`meshauthz.policy.<name>.allowed` for ALLOW policies, `.denied` for DENY).
+pub(crate) fn counter_names(table: &Table) -> (Vec<&'static str>, Vec<String>) {
+    let fixed = vec![
+        "meshauthz.allowed",
+        "meshauthz.denied",
+        "meshauthz.shadow_denied",
+        "meshauthz.refused",
+    ];
+    let per_policy = (0..table.policy_count() as u32)
+        .map(|p| {
+            let outcome = match table.policy_action(p) {
+                Some(Action::Deny) => "denied",
+                _ => "allowed",
+            };
+            format!("meshauthz.policy.{}.{outcome}", table.policy_name(p))
+        })
+        .collect();
+    (fixed, per_policy)
+}
+
+/// Which counters a request bumps: indexes into [`counter_names`]'s fixed list, and the policy.
+pub(crate) fn bumps(tally: Tally) -> (&'static [usize], Option<u32>) {
+    const ALLOWED: usize = 0;
+    const DENIED: usize = 1;
+    const SHADOW_DENIED: usize = 2;
+    const REFUSED: usize = 3;
+    match tally {
+        Tally::Refused => (&[REFUSED, DENIED], None),
+        Tally::Decided { allowed, mode, policy } => {
+            let fixed: &'static [usize] = match (allowed, mode) {
+                (true, _) => &[ALLOWED],
+                (false, Mode::Enforce) => &[DENIED],
+                (false, Mode::Shadow) => &[SHADOW_DENIED, ALLOWED],
+            };
+            (fixed, policy)
+        }
+    }
+}
 
 /// How often counted requests reach Envoy's stats.
+#[cfg(any(target_arch = "wasm32", test))]
 pub(crate) const FLUSH_PERIOD_MS: u32 = 250;
 
 /// One Envoy counter and what has been counted since the last flush.
+#[cfg(any(target_arch = "wasm32", test))]
 #[derive(Debug)]
 struct Counter {
     id: Option<u32>,
     pending: Cell<u64>,
 }
 
+#[cfg(any(target_arch = "wasm32", test))]
 impl Counter {
     fn define(name: &str) -> Counter {
         Counter {
@@ -50,64 +98,39 @@ impl Counter {
     }
 }
 
+/// The Wasm build's counters: bumped in Wasm memory, handed to Envoy on a timer.
+#[cfg(any(target_arch = "wasm32", test))]
 #[derive(Debug)]
 pub(crate) struct Stats {
-    allowed: Counter,
-    denied: Counter,
-    shadow_denied: Counter,
-    refused: Counter,
-    /// Per policy: the counter its matches feed (allowed for ALLOW policies, denied for DENY).
+    fixed: Vec<Counter>,
     per_policy: Vec<Counter>,
 }
 
+#[cfg(any(target_arch = "wasm32", test))]
 impl Stats {
     pub(crate) fn define(table: &Table) -> Stats {
-        let per_policy = (0..table.policy_count() as u32)
-            .map(|p| {
-                let outcome = match table.policy_action(p) {
-                    Some(Action::Deny) => "denied",
-                    _ => "allowed",
-                };
-                Counter::define(&format!("meshauthz.policy.{}.{outcome}", table.policy_name(p)))
-            })
-            .collect();
+        let (fixed, per_policy) = counter_names(table);
         Stats {
-            allowed: Counter::define("meshauthz.allowed"),
-            denied: Counter::define("meshauthz.denied"),
-            shadow_denied: Counter::define("meshauthz.shadow_denied"),
-            refused: Counter::define("meshauthz.refused"),
-            per_policy,
+            fixed: fixed.into_iter().map(Counter::define).collect(),
+            per_policy: per_policy.iter().map(|n| Counter::define(n)).collect(),
         }
     }
 
     #[inline]
-    pub(crate) fn record(&self, decision: &Decision, mode: Mode) {
-        match (decision.allowed, mode) {
-            (true, _) => self.allowed.bump(),
-            (false, Mode::Enforce) => self.denied.bump(),
-            (false, Mode::Shadow) => {
-                self.shadow_denied.bump();
-                self.allowed.bump();
+    pub(crate) fn record(&self, tally: Tally) {
+        let (fixed, policy) = bumps(tally);
+        for &i in fixed {
+            if let Some(c) = self.fixed.get(i) {
+                c.bump();
             }
         }
-        if let Some(c) = decision.by.and_then(|by| self.per_policy.get(by.policy as usize)) {
+        if let Some(c) = policy.and_then(|p| self.per_policy.get(p as usize)) {
             c.bump();
         }
     }
 
-    /// A request denied without a policy decision, in either mode.
-    #[inline]
-    pub(crate) fn record_refusal(&self) {
-        self.refused.bump();
-        self.denied.bump();
-    }
-
     /// Hands everything counted so far to Envoy.
     pub(crate) fn flush(&self) {
-        self.allowed.flush();
-        self.denied.flush();
-        self.shadow_denied.flush();
-        self.refused.flush();
-        self.per_policy.iter().for_each(Counter::flush);
+        self.fixed.iter().chain(&self.per_policy).for_each(Counter::flush);
     }
 }

@@ -27,6 +27,10 @@ pub struct Listener {
     /// The documented HCM settings (`meshauthz_envoy_config::hcm`); `false` leaves Envoy's
     /// defaults, for the attacks that show what the settings are for.
     pub hardened: bool,
+    /// Which build of the filter runs (with `plugin_config`).
+    pub build: crate::Build,
+    /// The test-only fault-injection build of it.
+    pub faults: bool,
 }
 
 /// The upstream every test listener routes to.
@@ -42,11 +46,20 @@ impl Listener {
         let mut filters: Vec<HttpFilter> = self
             .plugin_config
             .iter()
-            .map(|c| HttpFilter::Meshauthz {
-                plugin_config: c.clone(),
-                wasm: wasm.to_owned(),
+            .map(|c| match self.build {
+                // `wasm`: the build the caller chose (the fault-injection one, say).
+                crate::Build::Wasm => HttpFilter::Meshauthz {
+                    plugin_config: c.clone(),
+                    wasm: wasm.to_owned(),
+                },
+                crate::Build::Native => self.build.filter(c, self.faults),
             })
             .collect();
+        // The native filter reads the peer's certificate from the HCM's own XFCC element.
+        let forward_client_cert = match (self.build, self.plugin_config.is_some()) {
+            (crate::Build::Native, true) => self.forward_client_cert.for_native_filter(),
+            _ => self.forward_client_cert,
+        };
         let rbac: Vec<serde_json::Value> = self
             .rbac_filters
             .as_deref()
@@ -55,7 +68,7 @@ impl Listener {
         filters.extend(rbac.into_iter().map(HttpFilter::Raw));
         let hcm = Hcm {
             http_filters: filters,
-            forward_client_cert: self.forward_client_cert,
+            forward_client_cert,
             hardened: self.hardened,
             ..Hcm::new(
                 &self.name,
@@ -96,13 +109,20 @@ pub fn bootstrap(admin_port: u16, listeners: &[Listener], wasm: &Path, upstream_
     .to_yaml()
 }
 
-/// Writes [`bootstrap`] into `dir` and starts Envoy on it (log: `dir/envoy.log`).
+/// Writes [`bootstrap`] into `dir` and starts Envoy on it (log: `dir/envoy.log`), loading the
+/// native filter from the fault-injection build's directory if any listener asks for it.
 pub fn start(dir: &Path, listeners: &[Listener], wasm: &Path, upstream_port: u16) -> crate::Envoy {
     let admin = crate::free_port(Ipv4Addr::LOCALHOST);
     let path = dir.join("envoy.yaml");
     std::fs::write(&path, bootstrap(admin, listeners, wasm, upstream_port)).expect("write bootstrap");
-    crate::Envoy::start(&path, (Ipv4Addr::LOCALHOST, admin).into(), &dir.join("envoy.log"))
-        .unwrap_or_else(|e| panic!("{e}"))
+    let modules = crate::Build::Native.modules_dir(listeners.iter().any(|l| l.faults));
+    crate::Envoy::start_with_modules(
+        &path,
+        (Ipv4Addr::LOCALHOST, admin).into(),
+        &dir.join("envoy.log"),
+        &modules,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A bootstrap whose listeners come from `lds_path` (file-based LDS, watched for renames), so a

@@ -26,7 +26,26 @@ impl Envoy {
         Self::start_logging(bootstrap, admin, log, "wasm:info")
     }
 
+    /// As [`Envoy::start`], loading dynamic modules from `modules` (the native filter's
+    /// directory: the release build's, or the fault-injection build's).
+    pub fn start_with_modules(
+        bootstrap: &Path,
+        admin: SocketAddr,
+        log: &Path,
+        modules: &Path,
+    ) -> Result<Envoy, String> {
+        Self::spawn(bootstrap, admin, log, "wasm:debug,dynamic_modules:debug", modules)
+    }
+
     fn start_logging(bootstrap: &Path, admin: SocketAddr, log: &Path, levels: &str) -> Result<Envoy, String> {
+        let levels = format!(
+            "{levels},dynamic_modules:{}",
+            levels.rsplit(':').next().unwrap_or("info")
+        );
+        Self::spawn(bootstrap, admin, log, &levels, &crate::Build::Native.modules_dir(false))
+    }
+
+    fn spawn(bootstrap: &Path, admin: SocketAddr, log: &Path, levels: &str, modules: &Path) -> Result<Envoy, String> {
         let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(crate::envoy_binary())
@@ -34,6 +53,7 @@ impl Envoy {
             .arg(bootstrap)
             .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
             .args(["--component-log-level", levels])
+            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", modules)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)
@@ -68,6 +88,10 @@ impl Envoy {
             .arg("-c")
             .arg(bootstrap)
             .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                crate::Build::Native.modules_dir(false),
+            )
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)

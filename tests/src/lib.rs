@@ -56,6 +56,54 @@ pub fn filter_wasm() -> PathBuf {
     path
 }
 
+/// The two builds of the filter, which every real-Envoy test of the filter runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// `meshauthz_filter.wasm` (proxy-wasm, V8).
+    Wasm,
+    /// `libmeshauthz_filter.so` (dynamic module).
+    Native,
+}
+
+impl Build {
+    pub const ALL: [Build; 2] = [Build::Wasm, Build::Native];
+
+    /// The filter stanza for `plugin_config`; `faults`: the test-only fault-injection build.
+    pub fn filter(self, plugin_config: &str, faults: bool) -> meshauthz_envoy_config::bootstrap::HttpFilter {
+        use meshauthz_envoy_config::bootstrap::HttpFilter;
+        match self {
+            Build::Wasm => HttpFilter::Meshauthz {
+                plugin_config: plugin_config.to_owned(),
+                wasm: if faults { filter_faults_wasm() } else { filter_wasm() },
+            },
+            Build::Native => HttpFilter::MeshauthzNative {
+                plugin_config: plugin_config.to_owned(),
+            },
+        }
+    }
+
+    /// Where Envoy finds `libmeshauthz_filter.so` (`ENVOY_DYNAMIC_MODULES_SEARCH_PATH`):
+    /// `MESHAUTHZ_FILTER_NATIVE_DIR` (`..._FAULTS_DIR`), or where `cargo xtask build` puts it.
+    pub fn modules_dir(self, faults: bool) -> PathBuf {
+        let (var, default) = if faults {
+            ("MESHAUTHZ_FILTER_NATIVE_FAULTS_DIR", "target/native-faults")
+        } else {
+            ("MESHAUTHZ_FILTER_NATIVE_DIR", "target/release")
+        };
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join(default))
+    }
+
+    /// The prefix Envoy gives the filter's counters.
+    pub fn counter_prefix(self) -> &'static str {
+        match self {
+            Build::Wasm => "wasmcustom.",
+            Build::Native => "dynamicmodulescustom.",
+        }
+    }
+}
+
 /// The test-only `fault-injection` build (`fail_host_calls`), which `cargo xtask build` makes
 /// beside the release filter: `MESHAUTHZ_FILTER_FAULTS_WASM`, or its place under target/.
 pub fn filter_faults_wasm() -> PathBuf {

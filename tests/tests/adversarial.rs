@@ -17,7 +17,23 @@ use meshauthz_policy_compiler::compile_sources;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_tests::bootstrap::{self, ForwardClientCert, Listener};
 use meshauthz_tests::http::{client_cert_args, curl_batch};
-use meshauthz_tests::{CurlResult, Echo, Envoy, filter_faults_wasm, filter_wasm, free_port};
+use meshauthz_tests::{Build, CurlResult, Echo, Envoy, filter_faults_wasm, filter_wasm, free_port};
+
+/// Runs an attack test once per build of the filter, as `NAME::wasm` and `NAME::native`.
+macro_rules! both_builds {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn wasm() {
+                super::$name(super::Build::Wasm)
+            }
+            #[test]
+            fn native() {
+                super::$name(super::Build::Native)
+            }
+        }
+    };
+}
 
 const TD: &str = "my-project.svc.id.goog";
 
@@ -117,6 +133,7 @@ fn credentials(dir: &Path) {
 }
 
 struct Mesh {
+    build: Build,
     dir: tempfile::TempDir,
     envoy: Envoy,
     _echo: Echo,
@@ -124,7 +141,11 @@ struct Mesh {
 }
 
 impl Mesh {
-    fn start(specs: &[Spec], wasm: &Path, faults: impl Fn(&str) -> Option<&'static str>) -> Mesh {
+    /// Every listener of `specs` with `build` of the filter; `faults` names the host call a
+    /// listener's filter fails (the fault-injection build then runs).
+    fn start(specs: &[Spec], build: Build, faults: impl Fn(&str) -> Option<&'static str>) -> Mesh {
+        let faulty = specs.iter().any(|s| faults(s.name).is_some());
+        let wasm = if faulty { filter_faults_wasm() } else { filter_wasm() };
         let dir = tempfile::tempdir().expect("temp dir");
         credentials(dir.path());
         let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo upstream");
@@ -149,11 +170,14 @@ impl Mesh {
                     rbac_filters: None,
                     forward_client_cert: s.fcc,
                     hardened: s.hardened,
+                    build,
+                    faults: faulty,
                 }
             })
             .collect();
-        let envoy = bootstrap::start(dir.path(), &listeners, wasm, echo.addr().port());
+        let envoy = bootstrap::start(dir.path(), &listeners, &wasm, echo.addr().port());
         Mesh {
+            build,
             dir,
             envoy,
             _echo: echo,
@@ -342,8 +366,9 @@ fn run(mesh: &Mesh, attacks: &[Attack]) -> Vec<String> {
 fn assert_no_failures(mesh: &Mesh, failures: &[String]) {
     assert!(
         failures.is_empty(),
-        "{} attack results were wrong:\n{}\n--- envoy log tail ---\n{}",
+        "{} attack results were wrong ({:?} build):\n{}\n--- envoy log tail ---\n{}",
         failures.len(),
+        mesh.build,
         failures.join("\n"),
         mesh.envoy
             .log_text()
@@ -364,8 +389,7 @@ const FORGED_SOURCES: &[&str] = &[
     "forwarded: for=8.8.8.8",
 ];
 
-#[test]
-fn source_addresses_come_from_the_connection() {
+fn source_addresses_come_from_the_connection(build: Build) {
     let specs = [
         spec("deny-net", "deny-net", true),
         spec("deny-net-bare", "deny-net", false),
@@ -374,7 +398,7 @@ fn source_addresses_come_from_the_connection() {
         spec("allow-loopback", "allow-loopback", true),
         spec("allow-loopback-bare", "allow-loopback", false),
     ];
-    let mesh = Mesh::start(&specs, &filter_wasm(), |_| None);
+    let mesh = Mesh::start(&specs, build, |_| None);
     let mut attacks = vec![
         attack("DENY 127/8, no forged header", "deny-net", "service-test", &[], 403),
         attack(
@@ -437,9 +461,8 @@ fn source_addresses_come_from_the_connection() {
     );
 }
 
-#[test]
-fn repeated_headers_and_regex_classes() {
-    let mesh = Mesh::start(&[spec("header", "header", true)], &filter_wasm(), |_| None);
+fn repeated_headers_and_regex_classes(build: Build) {
+    let mesh = Mesh::start(&[spec("header", "header", true)], build, |_| None);
     let attacks = vec![
         attack("ticket", "header", "service-test", &["x-ticket: 42"], 200),
         attack(
@@ -484,8 +507,7 @@ fn repeated_headers_and_regex_classes() {
     assert_no_failures(&mesh, &failures);
 }
 
-#[test]
-fn the_host_decided_is_the_host_routed() {
+fn the_host_decided_is_the_host_routed(build: Build) {
     let mesh = Mesh::start(
         &[
             spec("host", "host", true),
@@ -495,7 +517,7 @@ fn the_host_decided_is_the_host_routed() {
                 ..spec("gateway", "host", true)
             },
         ],
-        &filter_wasm(),
+        build,
         |_| None,
     );
     let own_port: &'static str = Box::leak(format!("service-test:{}", mesh.ports["host"]).into_boxed_str());
@@ -550,8 +572,7 @@ fn the_host_decided_is_the_host_routed() {
     assert_no_failures(&mesh, &failures);
 }
 
-#[test]
-fn certificates_that_are_not_svids_are_denied_and_xfcc_never_passes_from_plaintext() {
+fn certificates_that_are_not_svids_are_denied_and_xfcc_never_passes_from_plaintext(build: Build) {
     let plain = |name, xfcc| Spec {
         tls: None,
         xfcc,
@@ -566,7 +587,7 @@ fn certificates_that_are_not_svids_are_denied_and_xfcc_never_passes_from_plainte
             plain("plain-append", Xfcc::AppendForward),
             plain("plain-off", Xfcc::Off),
         ],
-        &filter_wasm(),
+        build,
         |_| None,
     );
     let forged = "x-forwarded-client-cert: By=spiffe://evil/x;URI=spiffe://evil/admin";
@@ -598,8 +619,7 @@ fn certificates_that_are_not_svids_are_denied_and_xfcc_never_passes_from_plainte
 
 /// A build with the test-only `fault-injection` feature fails one host call per listener:
 /// every failure denies; the connection id, which only keys a cache, does not.
-#[test]
-fn every_failed_host_call_denies() {
+fn every_failed_host_call_denies(build: Build) {
     const CALLS: &[(&str, &str)] = &[
         ("f-port", "destination.port"),
         ("f-digest", "connection.sha256_peer_certificate_digest"),
@@ -616,7 +636,7 @@ fn every_failed_host_call_denies() {
     let guarded = |name| spec(name, "guarded", true);
     let mut specs: Vec<Spec> = CALLS.iter().map(|(name, _)| guarded(name)).collect();
     specs.push(guarded("f-none"));
-    let mesh = Mesh::start(&specs, &filter_faults_wasm(), |name| {
+    let mesh = Mesh::start(&specs, build, |name| {
         CALLS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
     });
     let mut attacks: Vec<Attack> = CALLS
@@ -642,3 +662,13 @@ fn every_failed_host_call_denies() {
         assert!(log.contains(&line), "no `{line}` in the log");
     }
 }
+
+both_builds!(source_addresses_come_from_the_connection);
+
+both_builds!(repeated_headers_and_regex_classes);
+
+both_builds!(the_host_decided_is_the_host_routed);
+
+both_builds!(certificates_that_are_not_svids_are_denied_and_xfcc_never_passes_from_plaintext);
+
+both_builds!(every_failed_host_call_denies);

