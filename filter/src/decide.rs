@@ -402,7 +402,7 @@ fn forward_client_cert<H: Host>(
             Some(_) => host.remove_request_header(XFCC),
             None => Ok(()),
         },
-        (XfccMode::Off, Some(_)) => Ok(()),
+        (XfccMode::Off, Some(_)) => host.restore_forwarded_client_cert(incoming),
         (XfccMode::SanitizeSet, Some(element)) => host.set_request_header(XFCC, element),
         (XfccMode::AppendForward, Some(element)) => match incoming {
             Some(prev) if !prev.is_empty() => host.set_request_header(XFCC, &format!("{prev},{element}")),

@@ -90,4 +90,12 @@ pub trait Host {
 
     /// Answers the request with the deny reply and stops it.
     fn send_deny(&self);
+
+    /// `xfcc: off`: undo any element the host setup added to the request's XFCC for the
+    /// filter's own use (the native build's HCM adds this hop's, with the certificate), leaving
+    /// what previous hops sent (`previous`).
+    fn restore_forwarded_client_cert(&self, previous: Option<&str>) -> Result<(), HostError> {
+        let _ = previous;
+        Ok(())
+    }
 }

@@ -9,7 +9,23 @@ use meshauthz_policy_compiler::compile_sources;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, bootstrap};
 use meshauthz_tests::http::client_cert_args;
-use meshauthz_tests::{CurlResult, Echo, Envoy, curl, filter_wasm, free_port, wait_until};
+use meshauthz_tests::{Build, CurlResult, Echo, Envoy, curl, filter_wasm, free_port, wait_until};
+
+/// Runs a test once per build of the filter, as `NAME::wasm` and `NAME::native`.
+macro_rules! both_builds {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn wasm() {
+                super::$name(super::Build::Wasm)
+            }
+            #[test]
+            fn native() {
+                super::$name(super::Build::Native)
+            }
+        }
+    };
+}
 
 const TD: &str = "my-project.svc.id.goog";
 
@@ -54,7 +70,7 @@ struct Ports {
 }
 
 impl Fixture {
-    fn start() -> Fixture {
+    fn start(build: Build) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca = MeshCa::generate("TestCorpLLC").expect("CA");
         let server = dir.path().join("server");
@@ -117,7 +133,7 @@ impl Fixture {
             plugin_config: config.cloned(),
             forward_client_cert: fcc,
             hardened: true,
-            build: meshauthz_tests::Build::Wasm,
+            build,
             faults: false,
         };
         let listeners = [
@@ -195,9 +211,8 @@ fn assert_denied(r: &CurlResult, what: &str) {
     assert_eq!(r.body, "RBAC: access denied", "{what}");
 }
 
-#[test]
-fn guide_policy_is_enforced_over_mtls() {
-    let f = Fixture::start();
+fn guide_policy_is_enforced_over_mtls(build: Build) {
+    let f = Fixture::start(build);
     let p = f.ports.enforce;
     let ok = f.request(Some("client"), p, "service-test", &[]);
     assert_eq!(ok.status, 200, "allowed GET: {ok:?}\n{}", f.envoy.log_text());
@@ -261,9 +276,8 @@ fn guide_policy_is_enforced_over_mtls() {
     );
 }
 
-#[test]
-fn xfcc_is_byte_identical_to_envoy_sanitize_set_and_spoofing_is_dropped() {
-    let f = Fixture::start();
+fn xfcc_is_byte_identical_to_envoy_sanitize_set_and_spoofing_is_dropped(build: Build) {
+    let f = Fixture::start(build);
     let spoof = format!("By=spiffe://evil/x;URI={}", spiffe("admin"));
     let ours = f.request(
         Some("client"),
@@ -281,9 +295,8 @@ fn xfcc_is_byte_identical_to_envoy_sanitize_set_and_spoofing_is_dropped() {
     assert!(!ours[0].contains("evil"));
 }
 
-#[test]
-fn xfcc_append_forward_and_off() {
-    let f = Fixture::start();
+fn xfcc_append_forward_and_off(build: Build) {
+    let f = Fixture::start(build);
     let previous = "By=spiffe://td/ns/x/sa/edge;URI=spiffe://td/ns/x/sa/origin";
     let header = format!("x-forwarded-client-cert: {previous}");
     let reference = f.request(Some("client"), f.ports.reference, "service-test", &[]);
@@ -306,9 +319,8 @@ fn xfcc_append_forward_and_off() {
     );
 }
 
-#[test]
-fn shadow_mode_counts_but_never_denies_and_stats_are_visible() {
-    let f = Fixture::start();
+fn shadow_mode_counts_but_never_denies_and_stats_are_visible(build: Build) {
+    let f = Fixture::start(build);
     let post = f.request(
         Some("client"),
         f.ports.shadow,
@@ -329,22 +341,28 @@ fn shadow_mode_counts_but_never_denies_and_stats_are_visible() {
         f.request(Some("client"), f.ports.enforce, "service-test", &[]).status,
         200
     );
-    // Counters reach Envoy on the filter's flush timer (250 ms): wait for them, bounded.
+    // Wasm counters reach Envoy on the filter's flush timer (250 ms): wait for them, bounded.
+    // The native filter's are Envoy counters already: they must be there at once.
+    let prefix = build.counter_prefix();
     let want = [
-        ("wasmcustom.meshauthz.shadow_denied", 1),
-        ("wasmcustom.meshauthz.denied", 1),
+        ("meshauthz.shadow_denied", 1),
+        ("meshauthz.denied", 1),
         // allowed: the shadow listener's two requests and the enforce listener's one.
-        ("wasmcustom.meshauthz.allowed", 3),
-        ("wasmcustom.meshauthz.policy.authz-policy.allowed", 1),
-        ("wasmcustom.meshauthz.policy.authz-shadow.allowed", 1),
+        ("meshauthz.allowed", 3),
+        ("meshauthz.policy.authz-policy.allowed", 1),
+        ("meshauthz.policy.authz-shadow.allowed", 1),
     ];
     let counters = || {
         want.iter()
-            .map(|(name, _)| f.envoy.counter(name).unwrap_or(0))
+            .map(|(name, _)| f.envoy.counter(&format!("{prefix}{name}")).unwrap_or(0))
             .collect::<Vec<u64>>()
     };
+    let limit = match build {
+        Build::Wasm => 5,
+        Build::Native => 0,
+    };
     wait_until(
-        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(limit),
         || counters().iter().zip(&want).all(|(g, (_, w))| g == w),
         || {
             format!(
@@ -356,7 +374,7 @@ fn shadow_mode_counts_but_never_denies_and_stats_are_visible() {
     );
 }
 
-fn refuses(plugin_config: &str, expect_in_log: &str) {
+fn refuses(build: Build, plugin_config: &str, expect_in_log: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let l = Listener {
         name: "bad".into(),
@@ -367,7 +385,7 @@ fn refuses(plugin_config: &str, expect_in_log: &str) {
         plugin_config: Some(plugin_config.into()),
         forward_client_cert: ForwardClientCert::Sanitize,
         hardened: true,
-        build: meshauthz_tests::Build::Wasm,
+        build,
         faults: false,
     };
     let admin = free_port(Ipv4Addr::LOCALHOST);
@@ -379,17 +397,18 @@ fn refuses(plugin_config: &str, expect_in_log: &str) {
     assert!(log.contains(expect_in_log), "log lacks {expect_in_log:?}:\n{log}");
 }
 
-#[test]
-fn invalid_plugin_configuration_is_refused() {
+fn invalid_plugin_configuration_is_refused(build: Build) {
     refuses(
+        build,
         "{\"table\": \"dGhpcyBpcyBub3QgYSBtZXNoYXV0aHogdGFibGU=\"}",
         "meshauthz: rejecting configuration: plugin configuration `table`: invalid table: not a meshauthz table",
     );
     refuses(
+        build,
         "{\"tabel\": \"\"}",
         "meshauthz: rejecting configuration: plugin configuration is not valid JSON",
     );
-    refuses("", "meshauthz: rejecting configuration: no plugin configuration");
+    refuses(build, "", "meshauthz: rejecting configuration: no plugin configuration");
     // The release filter has no fault injection: the test-only key is an unknown key.
     let mut valid: serde_json::Value = serde_json::from_str(&config_for(
         &policy_yaml("p", &[8000]),
@@ -399,6 +418,7 @@ fn invalid_plugin_configuration_is_refused() {
     .expect("json");
     valid["fail_host_calls"] = serde_json::json!(["source.address"]);
     refuses(
+        build,
         &valid.to_string(),
         "meshauthz: rejecting configuration: plugin configuration is not valid JSON for this filter: unknown field `fail_host_calls`",
     );
@@ -407,8 +427,7 @@ fn invalid_plugin_configuration_is_refused() {
 /// A new table arrives through a listener update (file-based LDS) while a client keeps sending
 /// requests: every request gets a clean 200 or 403, and the new policy takes over without a
 /// restart.
-#[test]
-fn policy_update_applies_while_requests_flow() {
+fn policy_update_applies_while_requests_flow(build: Build) {
     use meshauthz_tests::bootstrap::{bootstrap_with_file_lds, lds_yaml};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -439,7 +458,7 @@ fn policy_update_applies_while_requests_flow() {
             plugin_config: Some(config_for(&yaml, Mode::Enforce, Xfcc::SanitizeSet)),
             forward_client_cert: ForwardClientCert::Sanitize,
             hardened: true,
-            build: meshauthz_tests::Build::Wasm,
+            build,
             faults: false,
         }
     };
@@ -506,4 +525,58 @@ fn policy_update_applies_while_requests_flow() {
     assert!(bad.is_empty(), "requests failed during the update: {bad:?}");
     assert_eq!(curl(&args("POST")).status, 200, "new policy allows POST");
     assert_eq!(curl(&args("GET")).status, 403, "new policy denies GET");
+}
+
+both_builds!(guide_policy_is_enforced_over_mtls);
+
+both_builds!(xfcc_is_byte_identical_to_envoy_sanitize_set_and_spoofing_is_dropped);
+
+both_builds!(xfcc_append_forward_and_off);
+
+both_builds!(shadow_mode_counts_but_never_denies_and_stats_are_visible);
+
+both_builds!(invalid_plugin_configuration_is_refused);
+
+both_builds!(policy_update_applies_while_requests_flow);
+
+/// A panic inside the native filter never crosses into Envoy: the request that panicked gets
+/// a 500 and Envoy goes on serving (the test-only fault-injection build panics on a marked
+/// request).
+#[test]
+fn a_panic_in_the_native_filter_is_contained() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo");
+    let port = free_port(Ipv4Addr::LOCALHOST);
+    let allow_all = config_for("name: all\naction: ALLOW\n", Mode::Enforce, Xfcc::SanitizeSet);
+    let l = Listener {
+        name: "panics".into(),
+        ip: Ipv4Addr::LOCALHOST,
+        port,
+        tls: None,
+        plugin_config: Some(allow_all),
+        rbac_filters: None,
+        forward_client_cert: ForwardClientCert::Sanitize,
+        hardened: true,
+        build: Build::Native,
+        faults: true,
+    };
+    let envoy = meshauthz_tests::bootstrap::start(dir.path(), &[l], &filter_wasm(), echo.addr().port());
+    let url = format!("http://127.0.0.1:{port}/get");
+    let get = |extra: &[&str]| {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.push(url.clone());
+        curl(&args)
+    };
+    assert_eq!(get(&[]).status, 200, "{}", envoy.log_text());
+    let panicked = get(&["-H", "x-meshauthz-test-panic: 1"]);
+    assert_eq!(panicked.status, 500, "{panicked:?}");
+    assert_eq!(panicked.body, "meshauthz: internal error");
+    for _ in 0..3 {
+        assert_eq!(get(&[]).status, 200, "Envoy keeps serving after a contained panic");
+    }
+    assert!(
+        envoy
+            .log_text()
+            .contains("panic while deciding a request; answered 500")
+    );
 }

@@ -170,6 +170,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         cb,
         filter,
         fail: &config.config.fail_host_calls,
+        hcm_added_xfcc: std::cell::Cell::new(false),
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         #[cfg(feature = "fault-injection")]
@@ -322,6 +323,8 @@ struct NativeHost<'a> {
     filter: *mut c_void,
     /// Host call names to fail (fault-injection builds only; empty otherwise).
     fail: &'a [String],
+    /// Whether the HCM added this hop's XFCC element (with the certificate) to the request.
+    hcm_added_xfcc: std::cell::Cell<bool>,
 }
 
 /// The request headers as Envoy holds them (views valid until a header is set), with this
@@ -484,7 +487,8 @@ impl Host for NativeHost<'_> {
             .filter_map(|h| unsafe { h.value.bytes() })
             .collect();
         // The HCM adds this hop's element exactly when the peer presented a certificate.
-        let added_by_hcm = matches!(self.property(Property::Mtls), Ok(Some(v)) if *v == [1]);
+        let added_by_hcm = matches!(self.property(Property::Mtls), Ok(Some(v)) if *v == [1]) && !xfcc.is_empty();
+        self.hcm_added_xfcc.set(added_by_hcm);
         let xfcc_before_this_hop = (!xfcc.is_empty()).then(|| {
             let joined = String::from_utf8_lossy(&xfcc.join(&b","[..])).into_owned();
             if added_by_hcm {
@@ -549,6 +553,16 @@ impl Host for NativeHost<'_> {
 
     fn send_deny(&self) {
         send(self.cb, self.filter, DENY_STATUS, DENY_BODY);
+    }
+
+    fn restore_forwarded_client_cert(&self, previous: Option<&str>) -> Result<(), HostError> {
+        if !self.hcm_added_xfcc.get() {
+            return Ok(());
+        }
+        match previous {
+            Some(p) => self.set_request_header(XFCC, p),
+            None => self.remove_request_header(XFCC),
+        }
     }
 }
 
