@@ -1,4 +1,4 @@
-//! Differential test: a real Envoy running the meshauthz filter and a real Envoy running the
+//! Differential test: real Envoys running the meshauthz filter (both builds) and a real Envoy running the
 //! native RBAC filters from `policy-compiler --emit envoy-rbac`, on the same generated policy
 //! sets and the same corpus of requests (several principals over mTLS, plaintext, hosts in
 //! several spellings, ports, methods, source addresses, a header). Every decision must agree.
@@ -15,7 +15,7 @@ use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_policy_compiler::{compile_sources, rbac::envoy_rbac};
 use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, bootstrap};
 use meshauthz_tests::http::client_cert_args;
-use meshauthz_tests::{Echo, Envoy, curl, filter_wasm};
+use meshauthz_tests::{Build, Echo, Envoy, curl, filter_wasm};
 
 const TD: &str = "diff.example";
 const CLIENTS: &[&str] = &[
@@ -49,15 +49,16 @@ impl Rng {
 }
 
 /// A block of loopback addresses with `ports` free on both proxy addresses.
-fn addresses() -> ([Ipv4Addr; 4], [u16; 3]) {
+fn addresses() -> ([Ipv4Addr; 5], [u16; 3]) {
     let block = meshauthz_tests::demo::pick_block();
     let ip = |n| Ipv4Addr::new(127, block[0], block[1], n);
-    let ips = [ip(10), ip(11), ip(20), ip(21)];
+    let ips = [ip(10), ip(11), ip(12), ip(20), ip(21)];
     let port = || {
         (0..50)
             .find_map(|_| {
                 let p = meshauthz_tests::free_port(ips[0]);
-                std::net::TcpListener::bind((ips[1], p)).ok().map(|_| p)
+                let free = |ip| std::net::TcpListener::bind((ip, p)).is_ok();
+                (free(ips[1]) && free(ips[2])).then_some(p)
             })
             .expect("a port free on both addresses")
     };
@@ -117,7 +118,7 @@ fn policy_set(rng: &mut Rng, ports: [u16; 3], sources: [Ipv4Addr; 2]) -> String 
 }
 
 #[test]
-fn wasm_filter_and_native_rbac_decide_alike() {
+fn both_filter_builds_and_native_rbac_decide_alike() {
     let dir = tempfile::tempdir().expect("tmp");
     let ca = MeshCa::generate("TestCorpLLC").expect("ca");
     let server = dir.path().join("server");
@@ -133,7 +134,7 @@ fn wasm_filter_and_native_rbac_decide_alike() {
     }
     let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo");
     let (ips, ports) = addresses();
-    let (wasm_ip, rbac_ip, sources) = (ips[0], ips[1], [ips[2], ips[3]]);
+    let (wasm_ip, rbac_ip, native_ip, sources) = (ips[0], ips[1], ips[2], [ips[3], ips[4]]);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut compared = 0;
     let mut allowed = 0;
@@ -143,7 +144,8 @@ fn wasm_filter_and_native_rbac_decide_alike() {
             compile_sources(&[("diff.yaml".into(), yaml.clone())], false).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let plugin = plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet);
         let rbac = envoy_rbac(&compiled.set, false);
-        let envoy_for = |ip: Ipv4Addr, wasm: bool| {
+        // `Some(build)`: meshauthz; `None`: native RBAC.
+        let envoy_for = |ip: Ipv4Addr, filter: Option<Build>| {
             let listeners: Vec<Listener> = ports
                 .iter()
                 .enumerate()
@@ -153,26 +155,28 @@ fn wasm_filter_and_native_rbac_decide_alike() {
                     port,
                     // The third port is plaintext: no principal.
                     tls: (i < 2).then(|| server.clone()),
-                    plugin_config: wasm.then(|| plugin.clone()),
-                    rbac_filters: (!wasm).then(|| rbac.clone()),
+                    plugin_config: filter.map(|_| plugin.clone()),
+                    rbac_filters: filter.is_none().then(|| rbac.clone()),
                     forward_client_cert: ForwardClientCert::Sanitize,
                     hardened: true,
-                    build: meshauthz_tests::Build::Wasm,
+                    build: filter.unwrap_or(Build::Wasm),
                     faults: false,
                 })
                 .collect();
             let admin = meshauthz_tests::free_port(Ipv4Addr::LOCALHOST);
-            let path = dir.path().join(format!("r{round}-{wasm}.yaml"));
+            let name = filter.map_or("rbac".to_owned(), |b| format!("{b:?}"));
+            let path = dir.path().join(format!("r{round}-{name}.yaml"));
             std::fs::write(&path, bootstrap(admin, &listeners, &filter_wasm(), echo.addr().port())).expect("write");
             Envoy::start(
                 &path,
                 (Ipv4Addr::LOCALHOST, admin).into(),
-                &dir.path().join(format!("r{round}-{wasm}.log")),
+                &dir.path().join(format!("r{round}-{name}.log")),
             )
             .unwrap_or_else(|e| panic!("{e}\npolicy:\n{yaml}\nrbac:\n{rbac}"))
         };
-        let wasm_envoy = envoy_for(wasm_ip, true);
-        let rbac_envoy = envoy_for(rbac_ip, false);
+        let wasm_envoy = envoy_for(wasm_ip, Some(Build::Wasm));
+        let native_envoy = envoy_for(native_ip, Some(Build::Native));
+        let rbac_envoy = envoy_for(rbac_ip, None);
         for _ in 0..50 {
             let port_i = rng.next(3);
             let client = rng.next(CLIENTS.len());
@@ -208,7 +212,7 @@ fn wasm_filter_and_native_rbac_decide_alike() {
                 args.push(format!("{scheme}://{ip}:{}/x", ports[port_i]));
                 curl(&args)
             };
-            let (w, r) = (request(wasm_ip), request(rbac_ip));
+            let (w, n, r) = (request(wasm_ip), request(native_ip), request(rbac_ip));
             let who = if port_i < 2 { CLIENTS[client] } else { "(plaintext)" };
             assert!(
                 w.status == 200 || w.status == 403,
@@ -224,6 +228,13 @@ fn wasm_filter_and_native_rbac_decide_alike() {
                 w.status, r.status,
                 "decisions differ for {method} {host} port#{port_i} from {who} at {source} headers={header:?} \
                  x-forwarded-for={forged:?}\npolicy:\n{yaml}\nrbac:\n{rbac}"
+            );
+            assert_eq!(
+                n.status,
+                r.status,
+                "native filter and RBAC differ for {method} {host} port#{port_i} from {who} at {source} \
+                 headers={header:?} x-forwarded-for={forged:?}\npolicy:\n{yaml}\n{}",
+                native_envoy.log_text()
             );
             compared += 1;
             allowed += usize::from(w.status == 200);
