@@ -209,10 +209,6 @@ impl DownstreamTls {
     }
 }
 
-/// The native filter's module name: Envoy loads `lib<name>.so` from
-/// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
-pub const NATIVE_MODULE: &str = "meshauthz_filter";
-
 /// The HCM's `forward_client_cert_details`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardClientCert {
@@ -388,6 +384,13 @@ pub enum HttpFilter {
     /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`), with the same plugin configuration. Its HCM needs
     /// [`ForwardClientCert::for_native`].
     MeshauthzNative { plugin_config: String },
+    /// The filter's configuration delivered over ECDS: a `TypedExtensionConfig` read from
+    /// `config_path` (written by `policy-compiler compile --emit ecds`), reloaded when a new
+    /// file is moved into its directory.
+    Discovered {
+        build: meshauthz_policy_compiler::emit::FilterBuild,
+        config_path: PathBuf,
+    },
     /// Another proxy-wasm module (the benchmarks' no-op baseline).
     OtherWasm { plugin_config: String, wasm: PathBuf },
     /// A filter given as Envoy JSON (`--emit envoy-rbac`'s entries).
@@ -396,44 +399,42 @@ pub enum HttpFilter {
 
 impl HttpFilter {
     fn to_value(&self) -> Value {
-        let wasm = |name: &str, config: &str, code: &Path| {
-            json!({
-                "name": name,
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                    "config": {
-                        "name": name,
-                        "root_id": name,
-                        // A VM that fails must not let requests through unfiltered.
-                        "fail_open": false,
-                        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config},
-                        "vm_config": {
-                            "vm_id": name,
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": path(code)}},
-                        },
-                    },
-                },
-            })
-        };
+        use meshauthz_policy_compiler::emit::{FILTER_NAME, FilterBuild};
         match self {
-            HttpFilter::Meshauthz {
-                plugin_config,
-                wasm: code,
-            } => wasm("meshauthz", plugin_config, code),
-            HttpFilter::OtherWasm {
-                plugin_config,
-                wasm: code,
-            } => wasm("other-wasm", plugin_config, code),
-            HttpFilter::MeshauthzNative { plugin_config } => json!({
-                "name": "meshauthz",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                    "dynamic_module_config": {"name": NATIVE_MODULE},
-                    "filter_name": "meshauthz",
-                    "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config},
-                },
+            HttpFilter::Meshauthz { plugin_config, wasm } => json!({
+                "name": FILTER_NAME,
+                "typed_config": FilterBuild::Wasm(wasm.clone()).typed_config(plugin_config),
             }),
+            HttpFilter::MeshauthzNative { plugin_config } => json!({
+                "name": FILTER_NAME,
+                "typed_config": FilterBuild::Native.typed_config(plugin_config),
+            }),
+            HttpFilter::OtherWasm { plugin_config, wasm } => {
+                let mut typed = FilterBuild::Wasm(wasm.clone()).typed_config(plugin_config);
+                // Its own VM and root, beside any meshauthz filter.
+                typed["config"]["name"] = json!("other-wasm");
+                typed["config"]["root_id"] = json!("other-wasm");
+                typed["config"]["vm_config"]["vm_id"] = json!("other-wasm");
+                json!({"name": "other-wasm", "typed_config": typed})
+            }
+            HttpFilter::Discovered { build, config_path } => {
+                let dir = config_path.parent().unwrap_or(Path::new("."));
+                json!({
+                    "name": FILTER_NAME,
+                    "config_discovery": {
+                        "config_source": {
+                            "resource_api_version": "V3",
+                            "path_config_source": {"path": path(config_path), "watched_directory": {"path": path(dir)}},
+                            // A listener does not wait long for a configuration that is not
+                            // there: it serves (500s) and picks the configuration up when it comes.
+                            "initial_fetch_timeout": "1s",
+                        },
+                        // No default_config: until a valid configuration arrives, Envoy answers
+                        // requests 500 rather than letting them through unfiltered.
+                        "type_urls": [build.type_url()],
+                    },
+                })
+            }
             HttpFilter::Raw(v) => v.clone(),
         }
     }

@@ -112,3 +112,71 @@ fn dump_policies(set: &PolicySet) -> Value {
         })
         .collect()
 }
+
+/// Which build of the filter an Envoy configuration loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FilterBuild {
+    /// `envoy.filters.http.wasm` (V8) running the `.wasm` at this path.
+    Wasm(std::path::PathBuf),
+    /// `envoy.filters.http.dynamic_modules` running `lib<NATIVE_MODULE>.so`, found through
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+    Native,
+}
+
+/// The name the filter has in Envoy configuration (HCM `http_filters`, ECDS resources).
+pub const FILTER_NAME: &str = "meshauthz";
+/// The native filter's module name.
+pub const NATIVE_MODULE: &str = "meshauthz_filter";
+
+impl FilterBuild {
+    /// The filter's `typed_config` for `plugin_config` (the JSON of `--emit plugin-config`):
+    /// what an HCM filter entry and an ECDS `TypedExtensionConfig` both carry.
+    pub fn typed_config(&self, plugin_config: &str) -> Value {
+        let config = json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_config});
+        match self {
+            FilterBuild::Wasm(path) => json!({
+                "@type": self.type_url(),
+                "config": {
+                    "name": FILTER_NAME,
+                    "root_id": FILTER_NAME,
+                    // A VM that fails must not let requests through unfiltered.
+                    "fail_open": false,
+                    "configuration": config,
+                    "vm_config": {
+                        "vm_id": FILTER_NAME,
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": path.display().to_string()}},
+                    },
+                },
+            }),
+            FilterBuild::Native => json!({
+                "@type": self.type_url(),
+                "dynamic_module_config": {"name": NATIVE_MODULE},
+                "filter_name": FILTER_NAME,
+                "filter_config": config,
+            }),
+        }
+    }
+
+    /// The `typed_config`'s type URL (ECDS `type_urls`).
+    pub fn type_url(&self) -> &'static str {
+        match self {
+            FilterBuild::Wasm(_) => "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            FilterBuild::Native => {
+                "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+            }
+        }
+    }
+}
+
+/// The filter's configuration as an xDS discovery response holding one
+/// `TypedExtensionConfig` named [`FILTER_NAME`]: what an HCM's `config_discovery` reads (from
+/// a file, `path_config_source`, or from a control plane serving the same resource over ECDS).
+pub fn ecds_resource(build: &FilterBuild, plugin_config: &str) -> String {
+    let resource = json!({
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": FILTER_NAME,
+        "typed_config": build.typed_config(plugin_config),
+    });
+    format!("{:#}\n", json!({ "resources": [resource] }))
+}

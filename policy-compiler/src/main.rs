@@ -33,6 +33,18 @@ enum Emit {
     Json,
     /// Envoy's native RBAC HTTP filters (JSON) for the same policies.
     EnvoyRbac,
+    /// The filter's whole configuration as an ECDS resource (a `TypedExtensionConfig` named
+    /// `meshauthz`), for an HCM's `config_discovery`; `--filter` says which build.
+    Ecds,
+}
+
+/// Which build of the filter an `--emit ecds` resource configures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FilterArg {
+    /// The proxy-wasm filter (`--wasm PATH` names the `.wasm` Envoy loads).
+    Wasm,
+    /// The dynamic module (`libmeshauthz_filter.so` on `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`).
+    Native,
 }
 
 #[derive(Subcommand, Debug)]
@@ -52,6 +64,12 @@ enum Command {
         /// plugin-config: how the filter writes x-forwarded-client-cert (default sanitize_set).
         #[arg(long, value_enum)]
         xfcc: Option<Xfcc>,
+        /// ecds: the filter build the resource configures.
+        #[arg(long, value_enum)]
+        filter: Option<FilterArg>,
+        /// ecds with `--filter wasm`: the `.wasm` file Envoy loads.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
         /// Treat warnings as errors.
         #[arg(long)]
         deny_warnings: bool,
@@ -129,17 +147,34 @@ fn run(command: Command) -> Result<ExitCode, String> {
             output,
             mode,
             xfcc,
+            filter,
+            wasm,
             deny_warnings,
             policies,
         } => {
             // An option the output cannot carry is an error, never silently dropped.
-            let takes_mode = matches!(emit, Emit::PluginConfig | Emit::EnvoyRbac);
+            let takes_mode = matches!(emit, Emit::PluginConfig | Emit::EnvoyRbac | Emit::Ecds);
             if mode.is_some() && !takes_mode {
-                return Err("--mode applies to --emit plugin-config and --emit envoy-rbac only".into());
+                return Err("--mode applies to --emit plugin-config, envoy-rbac and ecds only".into());
             }
-            if xfcc.is_some() && emit != Emit::PluginConfig {
-                return Err("--xfcc applies to --emit plugin-config only".into());
+            if xfcc.is_some() && !matches!(emit, Emit::PluginConfig | Emit::Ecds) {
+                return Err("--xfcc applies to --emit plugin-config and ecds only".into());
             }
+            let build = match (emit, filter, wasm) {
+                (Emit::Ecds, Some(FilterArg::Wasm), Some(path)) => Some(emit::FilterBuild::Wasm(path)),
+                (Emit::Ecds, Some(FilterArg::Wasm), None) => {
+                    return Err("--emit ecds --filter wasm needs --wasm PATH (the .wasm Envoy loads)".into());
+                }
+                (Emit::Ecds, Some(FilterArg::Native), None) => Some(emit::FilterBuild::Native),
+                (Emit::Ecds, Some(FilterArg::Native), Some(_)) => {
+                    return Err("--wasm applies to --filter wasm only".into());
+                }
+                (Emit::Ecds, None, _) => return Err("--emit ecds needs --filter wasm|native".into()),
+                (_, Some(_), _) | (_, _, Some(_)) => {
+                    return Err("--filter and --wasm apply to --emit ecds only".into());
+                }
+                _ => None,
+            };
             let mode = mode.unwrap_or(Mode::Enforce);
             let xfcc = xfcc.unwrap_or(Xfcc::SanitizeSet);
             let compiled = compile(&policies, deny_warnings)?;
@@ -152,6 +187,10 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     .into_bytes(),
                 Emit::EnvoyRbac => {
                     meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set, mode == Mode::Shadow).into_bytes()
+                }
+                Emit::Ecds => {
+                    let build = build.ok_or("internal error: no filter build")?;
+                    emit::ecds_resource(&build, &emit::plugin_config(&table, mode, xfcc)).into_bytes()
                 }
             };
             if output == Path::new("-") {

@@ -31,6 +31,14 @@ pub struct Listener {
     pub build: crate::Build,
     /// The test-only fault-injection build of it.
     pub faults: bool,
+    /// Deliver the filter's configuration over ECDS from this file ([`ecds_file`]) instead of
+    /// inline (`plugin_config` is then not used).
+    pub ecds: Option<std::path::PathBuf>,
+}
+
+/// The ECDS file content configuring `build` with `plugin_config`.
+pub fn ecds_file(build: crate::Build, plugin_config: &str) -> String {
+    meshauthz_policy_compiler::emit::ecds_resource(&build.filter_build(), plugin_config)
 }
 
 /// The upstream every test listener routes to.
@@ -43,9 +51,14 @@ impl Listener {
     pub fn build(&self, wasm: &Path) -> builder::Listener {
         let mut catch_all = VirtualHost::new("catch-all", &["*"], Route::Cluster(UPSTREAM.into()));
         catch_all.request_headers_to_add = vec![("x-virtual-host".into(), "catch-all".into())];
+        let discovered = self.ecds.iter().map(|path| HttpFilter::Discovered {
+            build: self.build.filter_build(),
+            config_path: path.clone(),
+        });
         let mut filters: Vec<HttpFilter> = self
             .plugin_config
             .iter()
+            .filter(|_| self.ecds.is_none())
             .map(|c| match self.build {
                 // `wasm`: the build the caller chose (the fault-injection one, say).
                 crate::Build::Wasm => HttpFilter::Meshauthz {
@@ -54,9 +67,11 @@ impl Listener {
                 },
                 crate::Build::Native => self.build.filter(c, self.faults),
             })
+            .chain(discovered)
             .collect();
         // The native filter reads the peer's certificate from the HCM's own XFCC element.
-        let forward_client_cert = match (self.build, self.plugin_config.is_some()) {
+        let has_filter = self.plugin_config.is_some() || self.ecds.is_some();
+        let forward_client_cert = match (self.build, has_filter) {
             (crate::Build::Native, true) => self.forward_client_cert.for_native_filter(),
             _ => self.forward_client_cert,
         };
@@ -102,6 +117,8 @@ fn upstream(port: u16) -> Cluster {
 /// A whole bootstrap (YAML): admin on `admin_port`, the listeners, the echo upstream.
 pub fn bootstrap(admin_port: u16, listeners: &[Listener], wasm: &Path, upstream_port: u16) -> String {
     builder::Bootstrap {
+        // File-based xDS (ECDS here) needs a node.
+        node: Some(("meshauthz-test".into(), "meshauthz-test".into())),
         listeners: listeners.iter().map(|l| l.build(wasm)).collect(),
         clusters: vec![upstream(upstream_port)],
         ..builder::Bootstrap::new((Ipv4Addr::LOCALHOST, admin_port))

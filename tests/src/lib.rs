@@ -82,6 +82,14 @@ impl Build {
         }
     }
 
+    /// The build as the compiler's emitters name it.
+    pub fn filter_build(self) -> meshauthz_policy_compiler::emit::FilterBuild {
+        match self {
+            Build::Wasm => meshauthz_policy_compiler::emit::FilterBuild::Wasm(filter_wasm()),
+            Build::Native => meshauthz_policy_compiler::emit::FilterBuild::Native,
+        }
+    }
+
     /// Where Envoy finds `libmeshauthz_filter.so` (`ENVOY_DYNAMIC_MODULES_SEARCH_PATH`):
     /// `MESHAUTHZ_FILTER_NATIVE_DIR` (`..._FAULTS_DIR`), or where `cargo xtask build` puts it.
     pub fn modules_dir(self, faults: bool) -> PathBuf {

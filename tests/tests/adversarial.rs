@@ -172,6 +172,7 @@ impl Mesh {
                     hardened: s.hardened,
                     build,
                     faults: faulty,
+                    ecds: None,
                 }
             })
             .collect();

@@ -161,6 +161,7 @@ fn both_filter_builds_and_native_rbac_decide_alike() {
                     hardened: true,
                     build: filter.unwrap_or(Build::Wasm),
                     faults: false,
+                    ecds: None,
                 })
                 .collect();
             let admin = meshauthz_tests::free_port(Ipv4Addr::LOCALHOST);

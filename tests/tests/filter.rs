@@ -135,6 +135,7 @@ impl Fixture {
             hardened: true,
             build,
             faults: false,
+            ecds: None,
         };
         let listeners = [
             listener(
@@ -387,6 +388,7 @@ fn refuses(build: Build, plugin_config: &str, expect_in_log: &str) {
         hardened: true,
         build,
         faults: false,
+        ecds: None,
     };
     let admin = free_port(Ipv4Addr::LOCALHOST);
     let path = dir.path().join("envoy.yaml");
@@ -460,6 +462,7 @@ fn policy_update_applies_while_requests_flow(build: Build) {
             hardened: true,
             build,
             faults: false,
+            ecds: None,
         }
     };
     let lds = dir.path().join("lds").join("lds.yaml");
@@ -559,6 +562,7 @@ fn a_panic_in_the_native_filter_is_contained() {
         hardened: true,
         build: Build::Native,
         faults: true,
+        ecds: None,
     };
     let envoy = meshauthz_tests::bootstrap::start(dir.path(), &[l], &filter_wasm(), echo.addr().port());
     let url = format!("http://127.0.0.1:{port}/get");
@@ -580,3 +584,124 @@ fn a_panic_in_the_native_filter_is_contained() {
             .contains("panic while deciding a request; answered 500")
     );
 }
+
+/// Policy delivered over ECDS (`policy-compiler compile --emit ecds`; the HCM's
+/// `config_discovery` watches the file): until a valid configuration arrives, requests are
+/// answered 500, never let through; while clients keep sending on kept-alive connections, a new
+/// policy replaces the old without a restart and without a failed or unchecked request; a broken
+/// update is rejected (`update_rejected`) and the old table keeps deciding.
+fn policy_update_over_ecds_while_requests_flow(build: Build) {
+    use meshauthz_tests::bootstrap::ecds_file;
+    use meshauthz_tests::http::curl_batch;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = MeshCa::generate("TestCorpLLC").expect("CA");
+    let (server, client) = (dir.path().join("server"), dir.path().join("client"));
+    for (path, sa) in [(&server, "demo-server"), (&client, "demo-client")] {
+        ca.issue(&LeafSpec::svid(&spiffe(sa)))
+            .expect("issue")
+            .write_to(path)
+            .expect("write");
+    }
+    let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo");
+    let port = free_port(Ipv4Addr::LOCALHOST);
+    let ecds = dir.path().join("ecds").join("meshauthz.yaml");
+    std::fs::create_dir_all(ecds.parent().expect("parent")).expect("mkdir");
+    let publish = |content: String| {
+        let tmp = ecds.with_extension("tmp");
+        std::fs::write(&tmp, content).expect("write ecds");
+        std::fs::rename(&tmp, &ecds).expect("rename ecds");
+    };
+    let allowing = |method: &str| {
+        let yaml = policy_yaml("authz-policy", &[port]).replace("methods: [GET]", &format!("methods: [{method}]"));
+        ecds_file(build, &config_for(&yaml, Mode::Enforce, Xfcc::SanitizeSet))
+    };
+    let broken = ecds_file(build, r#"{"table": "bm90IGEgdGFibGU="}"#);
+    // The first configuration Envoy sees is broken: the policy never arrived.
+    publish(broken.clone());
+    let l = Listener {
+        name: "inbound".into(),
+        ip: Ipv4Addr::LOCALHOST,
+        port,
+        tls: Some(server.clone()),
+        plugin_config: None,
+        rbac_filters: None,
+        forward_client_cert: ForwardClientCert::Sanitize,
+        hardened: true,
+        build,
+        faults: false,
+        ecds: Some(ecds.clone()),
+    };
+    let envoy = meshauthz_tests::bootstrap::start(dir.path(), &[l], &filter_wasm(), echo.addr().port());
+    let args = |method: &str| {
+        let mut a = client_cert_args(&client);
+        a.extend(["-k", "-X", method, "-H", "Host: service-test"].map(String::from));
+        a.push(format!("https://127.0.0.1:{port}/get"));
+        a
+    };
+    let missing = curl(&args("GET"));
+    assert_eq!(
+        missing.status,
+        500,
+        "no valid configuration yet: {missing:?}\n{}",
+        envoy.log_text()
+    );
+    let rejected = |envoy: &Envoy| {
+        envoy
+            .counter("extension_config_discovery.http_filter.meshauthz.update_rejected")
+            .unwrap_or(0)
+    };
+    assert!(rejected(&envoy) >= 1, "the broken configuration was rejected");
+
+    publish(allowing("GET"));
+    wait_until(
+        Duration::from_secs(15),
+        || curl(&args("GET")).status == 200,
+        || format!("the first policy never took effect:\n{}", envoy.log_text()),
+    );
+    // Clients on kept-alive connections, alternating GET and POST, all through the update.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let batch: Vec<Vec<String>> = (0..40).map(|i| args(if i % 2 == 0 { "GET" } else { "POST" })).collect();
+    let load = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            if flag.load(Ordering::SeqCst) {
+                break;
+            }
+            seen.extend(curl_batch(&batch).into_iter().map(|(r, _)| r.status));
+        }
+        seen
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    publish(allowing("POST"));
+    wait_until(
+        Duration::from_secs(15),
+        || curl(&args("GET")).status == 403,
+        || format!("the new policy never took effect:\n{}", envoy.log_text()),
+    );
+    let before = rejected(&envoy);
+    publish(broken);
+    wait_until(
+        Duration::from_secs(15),
+        || rejected(&envoy) > before,
+        || format!("the broken update was never rejected:\n{}", envoy.log_text()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let seen = load.join().expect("load thread");
+    assert!(seen.len() >= 40, "the load ran: {} requests", seen.len());
+    let bad: Vec<_> = seen.iter().filter(|s| **s != 200 && **s != 403).collect();
+    assert!(bad.is_empty(), "requests failed during the updates: {bad:?}");
+    assert_eq!(curl(&args("POST")).status, 200, "the last valid policy still decides");
+    assert_eq!(curl(&args("GET")).status, 403, "the last valid policy still decides");
+    assert!(
+        envoy.log_text().contains("meshauthz: rejecting configuration"),
+        "the filter says why it refused the update"
+    );
+}
+
+both_builds!(policy_update_over_ecds_while_requests_flow);
