@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use meshauthz_policy_compiler::emit::{self, Mode, Xfcc};
+use meshauthz_policy_compiler::emit::{self, FilterBuild, Mode, Xfcc};
 use serde_json::{Value, json};
 
 use crate::bootstrap::{
@@ -40,12 +40,25 @@ const CA_SECRET: &str = "mesh-trust-bundle";
 pub struct Options {
     /// `<certs_dir>/<workload name>/` holds each workload's credentials.
     pub certs_dir: PathBuf,
-    /// The meshauthz filter.
-    pub wasm: PathBuf,
+    /// Which build of the meshauthz filter the bootstraps load.
+    pub filter: FilterBuild,
+    /// How the filter's configuration (the compiled policy) reaches Envoy.
+    pub policy_delivery: PolicyDelivery,
     /// Where the bootstraps and their SDS files will be written.
     pub output_dir: PathBuf,
     /// The policy compiler's warnings fail the generation.
     pub deny_warnings: bool,
+}
+
+/// How a bootstrap gets the authorization filter's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyDelivery {
+    /// Inline in the bootstrap.
+    Static,
+    /// Over ECDS: the HCM's `config_discovery` watches `OUT/<workload>.ecds/meshauthz.yaml`
+    /// (`policy-compiler compile --emit ecds` writes the same resource; a control plane can
+    /// serve it instead). No default: until a valid policy arrives, Envoy answers 500.
+    Ecds,
 }
 
 /// What [`generate`] made, and what it has to say about the input.
@@ -62,8 +75,9 @@ pub struct Bootstrap {
     pub workload: String,
     pub yaml: String,
     pub admin: (std::net::Ipv4Addr, u16),
-    /// (path, content) of the filesystem SDS resources, under the output directory.
-    pub sds_files: Vec<(PathBuf, String)>,
+    /// (path, content) of the files the bootstrap reads (filesystem SDS secrets, the ECDS
+    /// policy), under the output directory.
+    pub files: Vec<(PathBuf, String)>,
 }
 
 impl Bootstrap {
@@ -74,7 +88,7 @@ impl Bootstrap {
 
     /// Writes the SDS files, then the bootstrap, each atomically.
     pub fn write(&self, opts: &Options) -> Result<PathBuf, crate::ca::CaError> {
-        for (path, content) in &self.sds_files {
+        for (path, content) in &self.files {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|source| crate::ca::CaError::Io {
                     path: dir.display().to_string(),
@@ -127,6 +141,8 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<G
         let mut listeners = Vec::new();
         let mut backends_used: Vec<&str> = Vec::new();
         let mut app_cluster = None;
+        // The ECDS policy file this workload's filter watches, if it has one.
+        let mut ecds = None;
         match w.proxy {
             ProxyRole::Sidecar => {
                 let mesh = match &w.mesh {
@@ -187,6 +203,9 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<G
                             Some(cfg.as_str())
                         }
                     };
+                    if let (Some(config), PolicyDelivery::Ecds) = (authz, opts.policy_delivery) {
+                        ecds = Some((ecds_path(w, opts), emit::ecds_resource(&opts.filter, config)));
+                    }
                     listeners.push(inbound_listener(w, app_port, tls, authz, opts));
                     app_cluster = Some(Cluster::new("inbound-app", &[(app_addr, app_port)]));
                 } else if mesh.is_none() {
@@ -235,7 +254,16 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<G
                 }
             }
         }
-        out.push(assemble(w, wl, &model, opts, listeners, backends_used, app_cluster)?);
+        out.push(assemble(
+            w,
+            wl,
+            &model,
+            opts,
+            listeners,
+            backends_used,
+            app_cluster,
+            ecds,
+        )?);
     }
     for w in &wl.workloads {
         if let Some(b) = &w.backend_service {
@@ -263,6 +291,7 @@ fn assemble(
     listeners: Vec<Listener>,
     mut backends_used: Vec<&str>,
     app_cluster: Option<Cluster>,
+    ecds: Option<(PathBuf, String)>,
 ) -> Result<Bootstrap, ResourceError> {
     backends_used.sort_unstable();
     backends_used.dedup();
@@ -301,15 +330,16 @@ fn assemble(
     };
     let to_yaml = |v: &Value| serde_yaml_ng::to_string(v).map_err(|e| fail("bootstrap", e.to_string()));
     let secrets = SecretFiles::of(w, opts);
-    let sds_files = vec![
+    let mut files = vec![
         (secrets.cert_sds.clone(), to_yaml(&secrets.cert_resource())?),
         (secrets.ca_sds.clone(), to_yaml(&secrets.ca_resource())?),
     ];
+    files.extend(ecds);
     Ok(Bootstrap {
         workload: w.name.clone(),
         yaml: to_yaml(&bootstrap.to_value())?,
         admin: (w.address, admin_port),
-        sds_files,
+        files,
     })
 }
 
@@ -440,6 +470,28 @@ fn upstream_tls(policy: &ClientTlsPolicy, sans: &[String], secrets: &SecretFiles
     }
 }
 
+/// Where a workload's ECDS policy file lives.
+fn ecds_path(w: &Workload, opts: &Options) -> PathBuf {
+    opts.output_dir.join(format!("{}.ecds", w.name)).join("meshauthz.yaml")
+}
+
+/// The meshauthz filter entry for a plugin configuration, delivered as `opts` says.
+fn authz_filter(w: &Workload, plugin_config: &str, opts: &Options) -> HttpFilter {
+    match (&opts.policy_delivery, &opts.filter) {
+        (PolicyDelivery::Ecds, build) => HttpFilter::Discovered {
+            build: build.clone(),
+            config_path: ecds_path(w, opts),
+        },
+        (PolicyDelivery::Static, FilterBuild::Wasm(path)) => HttpFilter::Meshauthz {
+            plugin_config: plugin_config.to_owned(),
+            wasm: path.clone(),
+        },
+        (PolicyDelivery::Static, FilterBuild::Native) => HttpFilter::MeshauthzNative {
+            plugin_config: plugin_config.to_owned(),
+        },
+    }
+}
+
 fn inbound_listener(
     w: &Workload,
     port: u16,
@@ -450,19 +502,14 @@ fn inbound_listener(
     let transport = tls.and_then(|t| downstream_tls(t, &SecretFiles::of(w, opts)));
     let mtls = transport.as_ref().is_some_and(|t| t.client_ca.is_some());
     let hcm = |tls_chain: bool| Hcm {
-        http_filters: authz
-            .map(|config| HttpFilter::Meshauthz {
-                plugin_config: config.to_owned(),
-                wasm: opts.wasm.clone(),
-            })
-            .into_iter()
-            .collect(),
+        http_filters: authz.map(|config| authz_filter(w, config, opts)).into_iter().collect(),
         // With mTLS the peer's identity is forwarded in XFCC: by the meshauthz filter when it
-        // runs (it replaces whatever the client sent), else by Envoy itself.
-        forward_client_cert: if tls_chain && mtls && authz.is_none() {
-            ForwardClientCert::SanitizeSet
-        } else {
-            ForwardClientCert::Sanitize
+        // runs (it replaces whatever the client sent; the native one reads the peer's
+        // certificate from the element Envoy sets first), else by Envoy itself.
+        forward_client_cert: match (tls_chain && mtls, authz.is_some(), &opts.filter) {
+            (true, false, _) => ForwardClientCert::SanitizeSet,
+            (true, true, FilterBuild::Native) => ForwardClientCert::SanitizeSetWithCert,
+            _ => ForwardClientCert::Sanitize,
         },
         ..Hcm::new(
             "inbound",

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use meshauthz_envoy_config::ca::{self, LeafSpec, MeshCa, WorkloadCertificateConfig};
 use meshauthz_envoy_config::doctor::{self, Expectations};
-use meshauthz_envoy_config::generate::{self, Options};
+use meshauthz_envoy_config::generate::{self, Options, PolicyDelivery};
 use meshauthz_envoy_config::resources::Resources;
 use meshauthz_envoy_config::workloads::WorkloadsFile;
+use meshauthz_policy_compiler::emit::FilterBuild;
 use time::OffsetDateTime;
 
 #[derive(Parser, Debug)]
@@ -34,9 +35,16 @@ enum Command {
         /// Credentials directories live at CERTS_DIR/<workload>/ (GKE layout).
         #[arg(long)]
         certs_dir: PathBuf,
-        /// The meshauthz filter the bootstraps load.
-        #[arg(long)]
-        wasm: PathBuf,
+        /// Which build of the meshauthz filter the bootstraps load.
+        #[arg(long, value_enum, default_value = "wasm")]
+        filter: FilterArg,
+        /// With `--filter wasm`: the `.wasm` Envoy loads.
+        #[arg(long, required_if_eq("filter", "wasm"))]
+        wasm: Option<PathBuf>,
+        /// `static`: the policy inline in each bootstrap; `ecds`: each sidecar's filter watches
+        /// `OUT/<workload>.ecds/meshauthz.yaml` (replace that file to update the policy).
+        #[arg(long, value_enum, default_value = "static")]
+        policy_delivery: DeliveryArg,
         #[arg(short, long)]
         output: PathBuf,
         /// Fail on the policy compiler's warnings (which are printed either way).
@@ -64,6 +72,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FilterArg {
+    /// The proxy-wasm filter (V8).
+    Wasm,
+    /// The dynamic module `libmeshauthz_filter.so` (Envoy finds it on `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`).
+    Native,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum DeliveryArg {
+    Static,
+    Ecds,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,7 +165,9 @@ fn run(command: Command) -> Result<ExitCode, String> {
         Command::Generate {
             workloads,
             certs_dir,
+            filter,
             wasm,
+            policy_delivery,
             output,
             deny_warnings,
             resources,
@@ -157,7 +181,16 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let opts = Options {
                 output_dir: abs(output.clone()),
                 certs_dir: abs(certs_dir),
-                wasm: abs(wasm),
+                filter: match (filter, wasm) {
+                    (FilterArg::Wasm, Some(w)) => FilterBuild::Wasm(abs(w)),
+                    (FilterArg::Wasm, None) => return Err("--filter wasm needs --wasm PATH".into()),
+                    (FilterArg::Native, None) => FilterBuild::Native,
+                    (FilterArg::Native, Some(_)) => return Err("--wasm applies to --filter wasm only".into()),
+                },
+                policy_delivery: match policy_delivery {
+                    DeliveryArg::Static => PolicyDelivery::Static,
+                    DeliveryArg::Ecds => PolicyDelivery::Ecds,
+                },
                 deny_warnings,
             };
             // Everything is generated before anything is written.

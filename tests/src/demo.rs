@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
-use meshauthz_envoy_config::generate::{Options, generate};
+use meshauthz_envoy_config::generate::{Options, PolicyDelivery, generate};
 pub use meshauthz_envoy_config::guide::STEPS;
 use meshauthz_envoy_config::resources::Resources;
 use meshauthz_envoy_config::workloads::{ProxyRole, WorkloadsFile};
@@ -33,6 +33,9 @@ pub struct Mesh {
     pub dir: PathBuf,
     pub workloads: WorkloadsFile,
     pub ca: MeshCa,
+    /// Which filter build the sidecars load, and how their policy arrives.
+    pub build: crate::Build,
+    pub delivery: PolicyDelivery,
     proxies: Vec<Envoy>,
     _echo: Echo,
 }
@@ -74,6 +77,17 @@ fn move_to_block(ip: Ipv4Addr, block: [u8; 2]) -> Ipv4Addr {
 impl Mesh {
     /// CA, credentials and the echo app; no proxy yet.
     pub fn new(dir: &Path, block: [u8; 2]) -> Result<Mesh, String> {
+        Mesh::with_filter(dir, block, crate::Build::Wasm, PolicyDelivery::Static)
+    }
+
+    /// CA, credentials and the echo app, for sidecars running `build` with its policy
+    /// delivered by `delivery`.
+    pub fn with_filter(
+        dir: &Path,
+        block: [u8; 2],
+        build: crate::Build,
+        delivery: PolicyDelivery,
+    ) -> Result<Mesh, String> {
         let mut workloads = WorkloadsFile::load(&guide_dir().join("workloads.yaml")).map_err(|e| e.to_string())?;
         for w in &mut workloads.workloads {
             w.address = move_to_block(w.address, block);
@@ -102,6 +116,8 @@ impl Mesh {
             dir: dir.to_owned(),
             workloads,
             ca,
+            build,
+            delivery,
             proxies: Vec::new(),
             _echo: echo,
         })
@@ -117,7 +133,8 @@ impl Mesh {
         let out = self.dir.join(format!("step{step}"));
         let opts = Options {
             certs_dir: self.dir.join("certs"),
-            wasm: crate::filter_wasm(),
+            filter: self.build.filter_build(),
+            policy_delivery: self.delivery,
             output_dir: out.clone(),
             deny_warnings: true,
         };

@@ -6,6 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshauthz_envoy_config::ca::LeafSpec;
+use meshauthz_envoy_config::generate::PolicyDelivery;
+use meshauthz_tests::Build;
 use meshauthz_tests::demo::{Mesh, pick_block, play, report};
 
 /// The SHA-256 fingerprint of the certificate a TLS server presents (via openssl s_client,
@@ -33,20 +35,21 @@ fn presented_fingerprint(addr: &str, client: &std::path::Path) -> Option<String>
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-#[test]
-fn guide_walkthrough_on_loopback() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut mesh = Mesh::new(dir.path(), pick_block()).expect("mesh");
+/// Plays the guide with `build` and `delivery`, then has `envoy --mode validate` check every
+/// bootstrap of every step (with a static native filter, validation loads the module).
+fn walkthrough(dir: &std::path::Path, build: Build, delivery: PolicyDelivery) -> Mesh {
+    let mut mesh = Mesh::with_filter(dir, pick_block(), build, delivery).expect("mesh");
     let started = Instant::now();
     let outcomes = play(&mut mesh, |_, _| true).unwrap_or_else(|e| panic!("{e}"));
     let text = report(&outcomes);
-    assert!(outcomes.iter().all(|o| o.ok), "the guide's checks:\n{text}");
+    assert!(
+        outcomes.iter().all(|o| o.ok),
+        "the guide's checks ({build:?}, {delivery:?}):\n{text}"
+    );
     assert_eq!(outcomes.len(), 13, "{text}");
     eprintln!("walkthrough in {:.1} s", started.elapsed().as_secs_f64());
-
-    // Every bootstrap of every step is valid Envoy 1.40 configuration.
     for step in 1..=4 {
-        for entry in std::fs::read_dir(dir.path().join(format!("step{step}")))
+        for entry in std::fs::read_dir(dir.join(format!("step{step}")))
             .expect("step dir")
             .flatten()
         {
@@ -55,6 +58,7 @@ fn guide_walkthrough_on_loopback() {
                 let out = Command::new(meshauthz_tests::envoy_binary())
                     .args(["--mode", "validate", "--disable-hot-restart", "-c"])
                     .arg(&path)
+                    .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", Build::Native.modules_dir(false))
                     .output()
                     .expect("envoy runs");
                 assert!(
@@ -66,6 +70,13 @@ fn guide_walkthrough_on_loopback() {
             }
         }
     }
+    mesh
+}
+
+#[test]
+fn guide_walkthrough_on_loopback() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mesh = walkthrough(dir.path(), Build::Wasm, PolicyDelivery::Static);
 
     // Rotation: new credentials written into the watched directory are served by the running
     // server sidecar on the next handshake, without a restart.
@@ -87,6 +98,15 @@ fn guide_walkthrough_on_loopback() {
         200,
         "traffic flows with the rotated certificate"
     );
+}
+
+/// The same walkthrough with the native filter: inline, and with the policy over ECDS.
+#[test]
+fn guide_walkthrough_with_the_native_filter() {
+    for delivery in [PolicyDelivery::Static, PolicyDelivery::Ecds] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        walkthrough(dir.path(), Build::Native, delivery);
+    }
 }
 
 /// `allowOpen` next to `mtlsPolicy`: the server sidecar's port serves plaintext and mTLS
