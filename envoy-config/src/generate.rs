@@ -254,16 +254,13 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<G
                 }
             }
         }
-        out.push(assemble(
-            w,
-            wl,
-            &model,
-            opts,
+        let parts = Parts {
             listeners,
             backends_used,
             app_cluster,
             ecds,
-        )?);
+        };
+        out.push(assemble(w, wl, &model, opts, parts)?);
     }
     for w in &wl.workloads {
         if let Some(b) = &w.backend_service {
@@ -281,6 +278,15 @@ pub fn generate(res: &Resources, wl: &WorkloadsFile, opts: &Options) -> Result<G
     })
 }
 
+/// What one proxy's resources gave: its listeners, the backend services they route to, the
+/// local app (a sidecar's), and its ECDS policy file (path, content) if delivered so.
+struct Parts<'r> {
+    listeners: Vec<Listener>,
+    backends_used: Vec<&'r str>,
+    app_cluster: Option<Cluster>,
+    ecds: Option<(PathBuf, String)>,
+}
+
 /// One proxy's bootstrap: its listeners, a cluster per backend service they route to (plus the
 /// local app for a sidecar), and the mesh certificate secrets.
 fn assemble(
@@ -288,11 +294,14 @@ fn assemble(
     wl: &WorkloadsFile,
     model: &Model<'_>,
     opts: &Options,
-    listeners: Vec<Listener>,
-    mut backends_used: Vec<&str>,
-    app_cluster: Option<Cluster>,
-    ecds: Option<(PathBuf, String)>,
+    parts: Parts<'_>,
 ) -> Result<Bootstrap, ResourceError> {
+    let Parts {
+        listeners,
+        mut backends_used,
+        app_cluster,
+        ecds,
+    } = parts;
     backends_used.sort_unstable();
     backends_used.dedup();
     let mut clusters: Vec<Cluster> = app_cluster.into_iter().collect();
