@@ -26,6 +26,19 @@ impl Envoy {
         Self::start_logging(bootstrap, admin, log, "wasm:info")
     }
 
+    /// As [`Envoy::start_quiet`], with `workers` worker threads (memory per worker).
+    pub fn start_quiet_workers(bootstrap: &Path, admin: SocketAddr, log: &Path, workers: u32) -> Result<Envoy, String> {
+        let modules = crate::Build::Native.modules_dir(false);
+        Self::spawn(
+            bootstrap,
+            admin,
+            log,
+            "wasm:info,dynamic_modules:info",
+            &modules,
+            workers,
+        )
+    }
+
     /// As [`Envoy::start`], loading dynamic modules from `modules` (the native filter's
     /// directory: the release build's, or the fault-injection build's).
     pub fn start_with_modules(
@@ -34,7 +47,7 @@ impl Envoy {
         log: &Path,
         modules: &Path,
     ) -> Result<Envoy, String> {
-        Self::spawn(bootstrap, admin, log, "wasm:debug,dynamic_modules:debug", modules)
+        Self::spawn(bootstrap, admin, log, "wasm:debug,dynamic_modules:debug", modules, 1)
     }
 
     fn start_logging(bootstrap: &Path, admin: SocketAddr, log: &Path, levels: &str) -> Result<Envoy, String> {
@@ -42,16 +55,31 @@ impl Envoy {
             "{levels},dynamic_modules:{}",
             levels.rsplit(':').next().unwrap_or("info")
         );
-        Self::spawn(bootstrap, admin, log, &levels, &crate::Build::Native.modules_dir(false))
+        Self::spawn(
+            bootstrap,
+            admin,
+            log,
+            &levels,
+            &crate::Build::Native.modules_dir(false),
+            1,
+        )
     }
 
-    fn spawn(bootstrap: &Path, admin: SocketAddr, log: &Path, levels: &str, modules: &Path) -> Result<Envoy, String> {
+    fn spawn(
+        bootstrap: &Path,
+        admin: SocketAddr,
+        log: &Path,
+        levels: &str,
+        modules: &Path,
+        workers: u32,
+    ) -> Result<Envoy, String> {
         let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(crate::envoy_binary())
             .arg("-c")
             .arg(bootstrap)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
+            .args(["--concurrency", &workers.to_string()])
+            .args(["--disable-hot-restart", "--log-level", "info"])
             .args(["--component-log-level", levels])
             .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", modules)
             .stdin(Stdio::null())
@@ -134,6 +162,18 @@ impl Envoy {
         let hz = 100; // USER_HZ on Linux
         let at = |t: u64| Duration::from_millis(t * 1000 / hz);
         Some((at(ticks(11)?), at(ticks(12)?)))
+    }
+
+    /// The process's resident memory (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// The Envoy process's ID.

@@ -57,23 +57,25 @@ fn micro() -> String {
     );
     let _ = writeln!(
         s,
-        "| rules | decision (table) | decision (linear scan) | table speed-up | compile YAML->table | load table (decode + index) | table bytes | YAML bytes |"
+        "| rules | decision (table) | linear scan, precompiled | speed-up vs precompiled scan | reference scan (compiles as it goes) | compile YAML->table | load table (decode + index) | table bytes | YAML bytes |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in SIZES {
         let t = median_ns("decision", "table", n);
+        let p = median_ns("decision", "linear_precompiled", n);
         let l = median_ns("decision", "linear_scan", n);
         let w = workload(n, 42);
         let bytes = compile(&w).len();
         let f = |v: Option<f64>| v.map_or("-".to_owned(), human_ns);
-        let ratio = match (t, l) {
-            (Some(t), Some(l)) => format!("{:.0}x", l / t),
+        let ratio = match (t, p) {
+            (Some(t), Some(p)) => format!("{:.0}x", p / t),
             _ => "-".into(),
         };
         let _ = writeln!(
             s,
-            "| {n} | {} | {} | {ratio} | {} | {} | {bytes} | {} |",
+            "| {n} | {} | {} | {ratio} | {} | {} | {} | {bytes} | {} |",
             f(t),
+            f(p),
             f(l),
             f(median_ns("compile", "yaml_to_table", n)),
             f(median_ns("compile", "load_table", n)),
@@ -201,6 +203,38 @@ fn load(path: &Path) -> Result<String, String> {
             b / d
         );
     }
+    if by.keys().any(|k| k.1 == "meshauthz_native") {
+        let _ = writeln!(
+            s,
+            "\n(e) meshauthz as a native dynamic module (`libmeshauthz_filter.so`), the same policy, same traffic, \
+             same rounds; its HCM adds this hop's certificate to XFCC (`set_current_client_cert_details.cert`), \
+             which the filter verifies and replaces.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| rules | rps (e) native | (e)/(a) | (e)/(b) | (e)/(d) | p50 / p99 (e) µs | added p99 (e)-(a) µs | server CPU (e) µs | (e)-(a) CPU µs | (b)/(e) CPU |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut sizes: Vec<u64> = by.keys().map(|k| k.0).collect();
+        sizes.dedup();
+        for rules in sizes {
+            let e = "meshauthz_native";
+            let _ = writeln!(
+                s,
+                "| {rules} | {:.0} | {} | {} | {} | {:.0} / {:.0} | {} | {:.1} | {} | {:.2} |",
+                stat(rules, e, "rps"),
+                paired(rules, e, "none", "rps", ratio, 2),
+                paired(rules, e, "rbac", "rps", ratio, 2),
+                paired(rules, e, "meshauthz", "rps", ratio, 2),
+                stat(rules, e, "p50_us"),
+                stat(rules, e, "p99_us"),
+                paired(rules, e, "none", "p99_us", minus, 0),
+                stat(rules, e, "server_cpu_us"),
+                paired(rules, e, "none", "server_cpu_us", minus, 1),
+                stat(rules, "rbac", "server_cpu_us") / stat(rules, e, "server_cpu_us"),
+            );
+        }
+    }
     let _ = writeln!(s, "\nEvery run, per round and variant (rps, p50/p99 µs):\n");
     for r in &rows {
         let _ = writeln!(
@@ -220,7 +254,17 @@ fn load(path: &Path) -> Result<String, String> {
 }
 
 fn wasm_sizes() -> String {
-    let mut s = String::from("### Wasm binaries (release: LTO, one codegen unit, panic=abort, stripped)\n\n");
+    let mut s = String::from(
+        "### Filter binaries (LTO, one codegen unit, stripped; Wasm: panic=abort, native: panics unwind to the FFI guard)\n\n",
+    );
+    if let Ok(m) = std::fs::metadata(root().join("target/release/libmeshauthz_filter.so")) {
+        let _ = writeln!(
+            s,
+            "- `libmeshauthz_filter.so`: {} bytes ({:.0} KiB)",
+            m.len(),
+            m.len() as f64 / 1024.0
+        );
+    }
     for name in ["meshauthz_filter", "meshauthz_noop_filter"] {
         let p = root().join(format!("target/wasm32-wasip1/release/{name}.wasm"));
         if let Ok(m) = std::fs::metadata(&p) {

@@ -1,6 +1,7 @@
 //! The Envoy load benchmark behind `cargo xtask bench`: the same traffic through a server Envoy
 //! (`--concurrency 1`, direct response) with (a) no authorization filter, (b) native RBAC from
-//! `--emit envoy-rbac`, (c) a proxy-wasm filter that only returns Continue, (d) meshauthz;
+//! `--emit envoy-rbac`, (c) a proxy-wasm filter that only returns Continue, (d) meshauthz (Wasm),
+//! (e) meshauthz as a native dynamic module;
 //! for policies of several sizes, half the requests allowed and half denied. Clients reach it
 //! over mTLS through a client sidecar Envoy, as in the guide.
 //!
@@ -10,7 +11,7 @@
 //! and round).
 //!
 //! Usage: envoy-load --wasm MESHAUTHZ.wasm --noop-wasm NOOP.wasm [--sizes 1,100,1000,10000]
-//!        [--rounds 5] [--seconds 4] [--rate 400] [--variants none,rbac,noop_wasm,meshauthz]
+//!        [--rounds 5] [--seconds 4] [--rate 400] [--variants none,rbac,noop_wasm,meshauthz,meshauthz_native]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -37,14 +38,16 @@ enum Variant {
     NativeRbac,
     NoopWasm,
     Meshauthz,
+    MeshauthzNative,
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [
+    const ALL: [Variant; 5] = [
         Variant::NoFilter,
         Variant::NativeRbac,
         Variant::NoopWasm,
         Variant::Meshauthz,
+        Variant::MeshauthzNative,
     ];
 
     fn name(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Variant {
             Variant::NativeRbac => "rbac",
             Variant::NoopWasm => "noop_wasm",
             Variant::Meshauthz => "meshauthz",
+            Variant::MeshauthzNative => "meshauthz_native",
         }
     }
 }
@@ -65,6 +69,9 @@ struct Args {
     seconds: u64,
     rate: u64,
     variants: Vec<Variant>,
+    /// After the rounds: Envoy's RSS with the largest policy at 1, 2 and 4 workers, for the
+    /// meshauthz builds.
+    rss: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -76,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 4,
         rate: 400,
         variants: Variant::ALL.to_vec(),
+        rss: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -92,6 +100,7 @@ fn parse_args() -> Result<Args, String> {
             "--rounds" => a.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--rate" => a.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--rss" => a.rss = true,
             "--variants" => {
                 let names = value()?;
                 a.variants = names
@@ -136,6 +145,8 @@ fn policy(rules: usize, port: u16) -> String {
 fn xfcc_handling(v: Variant) -> ForwardClientCert {
     match v {
         Variant::Meshauthz => ForwardClientCert::Sanitize,
+        // The native filter reads the peer's certificate from the element Envoy sets.
+        Variant::MeshauthzNative => ForwardClientCert::SanitizeSetWithCert,
         Variant::NoFilter | Variant::NativeRbac | Variant::NoopWasm => ForwardClientCert::SanitizeSet,
     }
 }
@@ -224,11 +235,52 @@ fn filters_for(v: Variant, args: &Args, rules: usize, port: u16) -> Result<Vec<H
             plugin_config: "{}".into(),
             wasm: args.noop.clone(),
         }],
+        Variant::MeshauthzNative => vec![HttpFilter::MeshauthzNative {
+            plugin_config: plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet),
+        }],
         Variant::Meshauthz => vec![HttpFilter::Meshauthz {
             plugin_config: plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet),
             wasm: args.wasm.clone(),
         }],
     })
+}
+
+/// Envoy's resident memory with the largest policy, at 1, 2 and 4 workers, for each meshauthz
+/// build: the Wasm build holds a table and index per worker VM, the native one one per
+/// configuration.
+fn memory(
+    args: &Args,
+    dir: &tempfile::TempDir,
+    server_port: u16,
+    client_port: u16,
+    certs: &Path,
+) -> Result<Vec<serde_json::Value>, String> {
+    let size = args.sizes.iter().copied().max().unwrap_or(1);
+    let mut out = Vec::new();
+    for v in [Variant::Meshauthz, Variant::MeshauthzNative] {
+        if !args.variants.contains(&v) {
+            continue;
+        }
+        for workers in [1u32, 2, 4] {
+            let admin = free_port(Ipv4Addr::LOCALHOST);
+            let boot = dir.path().join(format!("rss-{}-{workers}.yaml", v.name()));
+            let filters = filters_for(v, args, size, server_port)?;
+            std::fs::write(
+                &boot,
+                server_bootstrap(admin, server_port, certs, filters, xfcc_handling(v)),
+            )
+            .map_err(|e| e.to_string())?;
+            let log = dir.path().join(format!("rss-{}-{workers}.log", v.name()));
+            let server = Envoy::start_quiet_workers(&boot, (Ipv4Addr::LOCALHOST, admin).into(), &log, workers)?;
+            // Traffic on every worker, so that each has built what it builds lazily.
+            let _ = fixed_rate(client_port, args.rate, 1)?;
+            let r = json!({"rss": true, "rules": size, "variant": v.name(), "workers": workers,
+                "rss_mib": server.rss_kib().map(|k| k as f64 / 1024.0)});
+            eprintln!("{r}");
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// wrk at full speed: requests per second.
@@ -405,6 +457,10 @@ fn run() -> Result<(), String> {
             let shift = round % order.len().max(1);
             order.rotate_left(shift);
             for &v in &order {
+                // Envoy's linear RBAC takes minutes per run beyond 10,000 rules.
+                if v == Variant::NativeRbac && size > 10_000 {
+                    continue;
+                }
                 let admin = free_port(Ipv4Addr::LOCALHOST);
                 let boot = dir.path().join(format!("server-{}-{size}.yaml", v.name()));
                 let filters = filters_for(v, &args, size, server_port)?;
@@ -460,6 +516,9 @@ fn run() -> Result<(), String> {
                 drop(server);
             }
         }
+    }
+    if args.rss {
+        results.extend(memory(&args, &dir, server_port, client_port, &server_certs)?);
     }
     println!("{}", serde_json::Value::Array(results));
     Ok(())

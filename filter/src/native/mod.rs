@@ -82,6 +82,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         let Some(cb) = Callbacks::load() else {
             return std::ptr::null();
         };
+        let started = std::time::Instant::now();
         log::set_max_level(envoy_log_level(cb));
         // SAFETY: Envoy passes the configuration bytes, valid for this call.
         let bytes = unsafe { config.bytes() };
@@ -115,11 +116,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             return std::ptr::null();
         };
         info!(
-            "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?}",
+            "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?} configure_ms={:.3}",
             config.table.policy_count(),
             config.table.rule_count(),
             config.mode,
             config.xfcc,
+            started.elapsed().as_secs_f64() * 1e3,
         );
         Box::into_raw(Box::new(Config {
             config,
