@@ -93,14 +93,30 @@ fn header_regex(name: &str, regex: &str) -> Value {
     json!({"header": {"name": name, "string_match": {"safe_regex": {"regex": regex}}}})
 }
 
-/// A host pattern as a case-insensitive regex over `:authority`, nothing removed.
-fn host_rule(p: &Pattern) -> Value {
+/// A host pattern as a case-insensitive regex over `:authority`, nothing removed (`None`: `*`).
+pub(crate) fn host_regex(p: &Pattern) -> Option<String> {
     let lit = |s: &str| regex::escape(s);
     match p {
-        Pattern::Any => json!({"any": true}),
-        Pattern::Exact(h) => header_regex(":authority", &format!("(?i:{})", lit(h))),
-        Pattern::Prefix(h) => header_regex(":authority", &format!("(?i:{}).*", lit(h))),
-        Pattern::Suffix(h) => header_regex(":authority", &format!("(?i:.*{})", lit(h))),
+        Pattern::Any => None,
+        Pattern::Exact(h) => Some(format!("(?i:{})", lit(h))),
+        Pattern::Prefix(h) => Some(format!("(?i:{}).*", lit(h))),
+        Pattern::Suffix(h) => Some(format!("(?i:.*{})", lit(h))),
+    }
+}
+
+fn host_rule(p: &Pattern) -> Value {
+    match host_regex(p) {
+        None => json!({"any": true}),
+        Some(re) => header_regex(":authority", &re),
+    }
+}
+
+/// A header regex as Envoy's matchers must hold it: a DENY's widened to any `,`-separated run
+/// of the joined value (a superset of "any single value"), an ALLOW's as written.
+pub(crate) fn header_match_regex(regex: &str, action: Action) -> String {
+    match action {
+        Action::Deny => format!("(?:.*,)?(?:{regex})(?:,.*)?"),
+        Action::Allow => regex.to_owned(),
     }
 }
 
@@ -118,12 +134,7 @@ fn permission(d: &Destination, action: Action) -> Value {
         ));
     }
     if let Some(h) = &d.header {
-        let regex = match action {
-            // Any `,`-separated run of the joined value: a superset of "any single value".
-            Action::Deny => format!("(?:.*,)?(?:{})(?:,.*)?", h.regex),
-            Action::Allow => h.regex.clone(),
-        };
-        and.push(header_regex(&h.name, &regex));
+        and.push(header_regex(&h.name, &header_match_regex(&h.regex, action)));
     }
     json!({"and_rules": {"rules": and}})
 }

@@ -94,6 +94,10 @@ fn dumps_match_golden_files() {
         if let Err(e) = check_golden(&case.with_extension("rbac.json"), &rbac) {
             failures.push(e);
         }
+        let matcher = meshauthz_policy_compiler::rbac_matcher::envoy_rbac_matcher(&compiled.set, false);
+        if let Err(e) = check_golden(&case.with_extension("rbac-matcher.json"), &matcher) {
+            failures.push(e);
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
+use meshauthz_policy_compiler::rbac_matcher::envoy_rbac_matcher;
 use meshauthz_policy_compiler::{compile_sources, rbac::envoy_rbac};
 use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, bootstrap};
 use meshauthz_tests::http::client_cert_args;
@@ -49,16 +50,16 @@ impl Rng {
 }
 
 /// A block of loopback addresses with `ports` free on both proxy addresses.
-fn addresses() -> ([Ipv4Addr; 5], [u16; 3]) {
+fn addresses() -> ([Ipv4Addr; 6], [u16; 3]) {
     let block = meshauthz_tests::demo::pick_block();
     let ip = |n| Ipv4Addr::new(127, block[0], block[1], n);
-    let ips = [ip(10), ip(11), ip(12), ip(20), ip(21)];
+    let ips = [ip(10), ip(11), ip(12), ip(13), ip(20), ip(21)];
     let port = || {
         (0..50)
             .find_map(|_| {
                 let p = meshauthz_tests::free_port(ips[0]);
                 let free = |ip| std::net::TcpListener::bind((ip, p)).is_ok();
-                (free(ips[1]) && free(ips[2])).then_some(p)
+                (free(ips[1]) && free(ips[2]) && free(ips[3])).then_some(p)
             })
             .expect("a port free on both addresses")
     };
@@ -134,7 +135,8 @@ fn both_filter_builds_and_native_rbac_decide_alike() {
     }
     let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo");
     let (ips, ports) = addresses();
-    let (wasm_ip, rbac_ip, native_ip, sources) = (ips[0], ips[1], ips[2], [ips[3], ips[4]]);
+    let (wasm_ip, rbac_ip, native_ip, matcher_ip) = (ips[0], ips[1], ips[2], ips[3]);
+    let sources = [ips[4], ips[5]];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut compared = 0;
     let mut allowed = 0;
@@ -144,8 +146,9 @@ fn both_filter_builds_and_native_rbac_decide_alike() {
             compile_sources(&[("diff.yaml".into(), yaml.clone())], false).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let plugin = plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet);
         let rbac = envoy_rbac(&compiled.set, false);
-        // `Some(build)`: meshauthz; `None`: native RBAC.
-        let envoy_for = |ip: Ipv4Addr, filter: Option<Build>| {
+        let matcher = envoy_rbac_matcher(&compiled.set, false);
+        // `Some(build)`: meshauthz; `None`: native RBAC (`rbac`: its rules or its matcher form).
+        let envoy_for = |ip: Ipv4Addr, filter: Option<Build>, rbac: &String| {
             let listeners: Vec<Listener> = ports
                 .iter()
                 .enumerate()
@@ -156,7 +159,7 @@ fn both_filter_builds_and_native_rbac_decide_alike() {
                     // The third port is plaintext: no principal.
                     tls: (i < 2).then(|| server.clone()),
                     plugin_config: filter.map(|_| plugin.clone()),
-                    rbac_filters: filter.is_none().then(|| rbac.clone()),
+                    rbac_filters: filter.is_none().then(|| rbac.to_string()),
                     forward_client_cert: ForwardClientCert::Sanitize,
                     hardened: true,
                     build: filter.unwrap_or(Build::Wasm),
@@ -165,7 +168,7 @@ fn both_filter_builds_and_native_rbac_decide_alike() {
                 })
                 .collect();
             let admin = meshauthz_tests::free_port(Ipv4Addr::LOCALHOST);
-            let name = filter.map_or("rbac".to_owned(), |b| format!("{b:?}"));
+            let name = filter.map_or(format!("rbac{ip}"), |b| format!("{b:?}"));
             let path = dir.path().join(format!("r{round}-{name}.yaml"));
             std::fs::write(&path, bootstrap(admin, &listeners, &filter_wasm(), echo.addr().port())).expect("write");
             Envoy::start(
@@ -175,9 +178,10 @@ fn both_filter_builds_and_native_rbac_decide_alike() {
             )
             .unwrap_or_else(|e| panic!("{e}\npolicy:\n{yaml}\nrbac:\n{rbac}"))
         };
-        let wasm_envoy = envoy_for(wasm_ip, Some(Build::Wasm));
-        let native_envoy = envoy_for(native_ip, Some(Build::Native));
-        let rbac_envoy = envoy_for(rbac_ip, None);
+        let wasm_envoy = envoy_for(wasm_ip, Some(Build::Wasm), &rbac);
+        let native_envoy = envoy_for(native_ip, Some(Build::Native), &rbac);
+        let rbac_envoy = envoy_for(rbac_ip, None, &rbac);
+        let matcher_envoy = envoy_for(matcher_ip, None, &matcher);
         for _ in 0..50 {
             let port_i = rng.next(3);
             let client = rng.next(CLIENTS.len());
@@ -213,7 +217,12 @@ fn both_filter_builds_and_native_rbac_decide_alike() {
                 args.push(format!("{scheme}://{ip}:{}/x", ports[port_i]));
                 curl(&args)
             };
-            let (w, n, r) = (request(wasm_ip), request(native_ip), request(rbac_ip));
+            let (w, n, r, m) = (
+                request(wasm_ip),
+                request(native_ip),
+                request(rbac_ip),
+                request(matcher_ip),
+            );
             let who = if port_i < 2 { CLIENTS[client] } else { "(plaintext)" };
             assert!(
                 w.status == 200 || w.status == 403,
@@ -236,6 +245,17 @@ fn both_filter_builds_and_native_rbac_decide_alike() {
                 "native filter and RBAC differ for {method} {host} port#{port_i} from {who} at {source} \
                  headers={header:?} x-forwarded-for={forged:?}\npolicy:\n{yaml}\n{}",
                 native_envoy.log_text()
+            );
+            // The matcher form cannot ask a connection without a certificate for its URI SAN
+            // (the input is "not available", which halts the match and denies): compared over
+            // mTLS only (SEMANTICS.md, "Native RBAC differences").
+            assert!(
+                port_i == 2 || m.status == r.status,
+                "the RBAC matcher tree and RBAC rules differ for {method} {host} port#{port_i} from {who} at {source} \
+                 headers={header:?} x-forwarded-for={forged:?}: {} vs {}\npolicy:\n{yaml}\nmatcher:\n{matcher}\n{}",
+                m.status,
+                r.status,
+                matcher_envoy.log_text()
             );
             compared += 1;
             allowed += usize::from(w.status == 200);
