@@ -189,7 +189,7 @@ fn destination(d: &Destination, act: Action, host: Option<&str>) -> Option<Value
                 .filter_map(|p| host_regex(p).map(|re| single(header_input(":authority"), re2(&re))))
                 .collect();
             // A `*` host matches every host: no condition.
-            if !d.hosts.iter().any(|p| *p == Pattern::Any) {
+            if !d.hosts.contains(&Pattern::Any) {
                 and.push(any(hosts));
             }
         }
