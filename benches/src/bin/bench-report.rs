@@ -96,7 +96,7 @@ fn load(path: &Path) -> Result<String, String> {
     let rows: Vec<Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     // (rules, variant) -> measurements over rounds
     let mut by: BTreeMap<(u64, String), Vec<&Value>> = BTreeMap::new();
-    for r in &rows {
+    for r in rows.iter().filter(|r| r["rss"] != true) {
         let key = (
             r["rules"].as_u64().unwrap_or(0),
             r["variant"].as_str().unwrap_or("").to_owned(),
@@ -140,14 +140,15 @@ fn load(path: &Path) -> Result<String, String> {
         .filter_map(|r| r["round"].as_u64())
         .max()
         .map_or(0, |m| m + 1);
-    let mut sizes: Vec<u64> = by.keys().map(|k| k.0).collect();
+    let mut sizes: Vec<u64> = by.keys().map(|k| k.0).filter(|&r| r > 0).collect();
     sizes.dedup();
     let mut s = String::new();
     let _ = writeln!(
         s,
         "### Envoy load (`benches/src/bin/envoy-load.rs`, {rounds} interleaved rounds, medians)\n\n\
          wrk -> client sidecar Envoy -> mTLS -> server Envoy (`--concurrency 1`, direct response) with\n\
-         (a) no filter, (b) native RBAC (`--emit envoy-rbac`), (c) no-op proxy-wasm filter, (d) meshauthz.\n\
+         (a) no filter, (b) native RBAC (`--emit envoy-rbac`), (b2) native RBAC's matcher form\n\
+         (`--emit envoy-rbac-matcher`), (c) no-op proxy-wasm filter, (d) meshauthz (Wasm), (e) meshauthz (native).\n\
          Half the requests are allowed (GET, matched by the last rule), half denied (POST).\n\
          Every variant forwards the client certificate (XFCC) as the guide's sidecars do: meshauthz itself,\n\
          the others through the HCM's `SANITIZE_SET`. The variants run in a different order each round.\n\
@@ -212,19 +213,21 @@ fn load(path: &Path) -> Result<String, String> {
         );
         let _ = writeln!(
             s,
-            "| rules | rps (e) native | (e)/(a) | (e)/(b) | (e)/(d) | p50 / p99 (e) µs | added p99 (e)-(a) µs | server CPU (e) µs | (e)-(a) CPU µs | (b)/(e) CPU |"
+            "| rules | rps (e) native | rps (b2) rbac matcher | (e)/(a) | (e)/(b) | (e)/(b2) | (e)/(d) | p50 / p99 (e) µs | added p99 (e)-(a) µs | server CPU (e) µs | (e)-(a) CPU µs | (b)/(e) CPU | (b2)/(e) CPU |"
         );
-        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let mut sizes: Vec<u64> = by.keys().map(|k| k.0).collect();
         sizes.dedup();
         for rules in sizes {
             let e = "meshauthz_native";
             let _ = writeln!(
                 s,
-                "| {rules} | {:.0} | {} | {} | {} | {:.0} / {:.0} | {} | {:.1} | {} | {:.2} |",
+                "| {rules} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0} / {:.0} | {} | {:.1} | {} | {:.2} | {:.2} |",
                 stat(rules, e, "rps"),
+                stat(rules, "rbac_matcher", "rps"),
                 paired(rules, e, "none", "rps", ratio, 2),
                 paired(rules, e, "rbac", "rps", ratio, 2),
+                paired(rules, e, "rbac_matcher", "rps", ratio, 2),
                 paired(rules, e, "meshauthz", "rps", ratio, 2),
                 stat(rules, e, "p50_us"),
                 stat(rules, e, "p99_us"),
@@ -232,11 +235,31 @@ fn load(path: &Path) -> Result<String, String> {
                 stat(rules, e, "server_cpu_us"),
                 paired(rules, e, "none", "server_cpu_us", minus, 1),
                 stat(rules, "rbac", "server_cpu_us") / stat(rules, e, "server_cpu_us"),
+                stat(rules, "rbac_matcher", "server_cpu_us") / stat(rules, e, "server_cpu_us"),
+            );
+        }
+    }
+    let rss: Vec<&Value> = rows.iter().filter(|r| r["rss"] == true).collect();
+    if !rss.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nServer Envoy resident memory (VmRSS after traffic) with the largest policy, by worker count:\n"
+        );
+        let _ = writeln!(s, "| variant | rules | workers | RSS MiB |");
+        let _ = writeln!(s, "|---|---:|---:|---:|");
+        for r in &rss {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} |",
+                r["variant"].as_str().unwrap_or(""),
+                r["rules"],
+                r["workers"],
+                r["rss_mib"].as_f64().unwrap_or(f64::NAN)
             );
         }
     }
     let _ = writeln!(s, "\nEvery run, per round and variant (rps, p50/p99 µs):\n");
-    for r in &rows {
+    for r in rows.iter().filter(|r| r["rss"] != true) {
         let _ = writeln!(
             s,
             "- round {} rules {} {}: {:.0} rps, {:.0}/{:.0} µs, server {:.1} µs CPU ({:.1} user) per request",
@@ -305,7 +328,8 @@ fn main() {
             }
         }
     }
-    section += END;
+    // Variants left out at a size (RBAC beyond 10,000 rules) have no figures.
+    let section = section.replace("NaN / NaN", "-").replace("| NaN ", "| - ") + END;
     let current = std::fs::read_to_string(&out).unwrap_or_default();
     let updated = match (current.find(BEGIN), current.find(END)) {
         (Some(b), Some(e)) if e > b => format!("{}{section}{}", &current[..b], &current[e + END.len()..]),

@@ -1,7 +1,8 @@
 //! The Envoy load benchmark behind `cargo xtask bench`: the same traffic through a server Envoy
 //! (`--concurrency 1`, direct response) with (a) no authorization filter, (b) native RBAC from
-//! `--emit envoy-rbac`, (c) a proxy-wasm filter that only returns Continue, (d) meshauthz (Wasm),
-//! (e) meshauthz as a native dynamic module;
+//! `--emit envoy-rbac`, (b2) native RBAC in its matcher form (`--emit envoy-rbac-matcher`), (c) a
+//! proxy-wasm filter that only returns Continue, (d) meshauthz (Wasm), (e) meshauthz as a native
+//! dynamic module;
 //! for policies of several sizes, half the requests allowed and half denied. Clients reach it
 //! over mTLS through a client sidecar Envoy, as in the guide.
 //!
@@ -11,7 +12,7 @@
 //! and round).
 //!
 //! Usage: envoy-load --wasm MESHAUTHZ.wasm --noop-wasm NOOP.wasm [--sizes 1,100,1000,10000]
-//!        [--rounds 5] [--seconds 4] [--rate 400] [--variants none,rbac,noop_wasm,meshauthz,meshauthz_native]
+//!        [--rounds 5] [--seconds 4] [--rate 400] [--variants none,rbac,rbac_matcher,noop_wasm,meshauthz,meshauthz_native]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -25,6 +26,7 @@ use meshauthz_envoy_config::bootstrap::{
 };
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
+use meshauthz_policy_compiler::rbac_matcher::envoy_rbac_matcher;
 use meshauthz_policy_compiler::{compile_sources, rbac::envoy_rbac};
 use meshauthz_tests::{Envoy, free_port};
 use serde_json::json;
@@ -36,15 +38,17 @@ const SERVER_ID: &str = "spiffe://bench.svc.id.goog/ns/default/sa/demo-server";
 enum Variant {
     NoFilter,
     NativeRbac,
+    RbacMatcher,
     NoopWasm,
     Meshauthz,
     MeshauthzNative,
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    const ALL: [Variant; 6] = [
         Variant::NoFilter,
         Variant::NativeRbac,
+        Variant::RbacMatcher,
         Variant::NoopWasm,
         Variant::Meshauthz,
         Variant::MeshauthzNative,
@@ -54,6 +58,7 @@ impl Variant {
         match self {
             Variant::NoFilter => "none",
             Variant::NativeRbac => "rbac",
+            Variant::RbacMatcher => "rbac_matcher",
             Variant::NoopWasm => "noop_wasm",
             Variant::Meshauthz => "meshauthz",
             Variant::MeshauthzNative => "meshauthz_native",
@@ -147,7 +152,9 @@ fn xfcc_handling(v: Variant) -> ForwardClientCert {
         Variant::Meshauthz => ForwardClientCert::Sanitize,
         // The native filter reads the peer's certificate from the element Envoy sets.
         Variant::MeshauthzNative => ForwardClientCert::SanitizeSetWithCert,
-        Variant::NoFilter | Variant::NativeRbac | Variant::NoopWasm => ForwardClientCert::SanitizeSet,
+        Variant::NoFilter | Variant::NativeRbac | Variant::RbacMatcher | Variant::NoopWasm => {
+            ForwardClientCert::SanitizeSet
+        }
     }
 }
 
@@ -229,6 +236,11 @@ fn filters_for(v: Variant, args: &Args, rules: usize, port: u16) -> Result<Vec<H
         Variant::NativeRbac => {
             let filters: Vec<serde_json::Value> =
                 serde_json::from_str(&envoy_rbac(&compiled.set, false)).map_err(|e| e.to_string())?;
+            filters.into_iter().map(HttpFilter::Raw).collect()
+        }
+        Variant::RbacMatcher => {
+            let filters: Vec<serde_json::Value> =
+                serde_json::from_str(&envoy_rbac_matcher(&compiled.set, false)).map_err(|e| e.to_string())?;
             filters.into_iter().map(HttpFilter::Raw).collect()
         }
         Variant::NoopWasm => vec![HttpFilter::OtherWasm {
@@ -457,8 +469,10 @@ fn run() -> Result<(), String> {
             let shift = round % order.len().max(1);
             order.rotate_left(shift);
             for &v in &order {
-                // Envoy's linear RBAC takes minutes per run beyond 10,000 rules.
-                if v == Variant::NativeRbac && size > 10_000 {
+                // Beyond 10,000 rules Envoy's linear RBAC takes minutes per run, and the matcher
+                // form's configuration (each rule in its host's entry and in the fallback list)
+                // runs to hundreds of megabytes.
+                if matches!(v, Variant::NativeRbac | Variant::RbacMatcher) && size > 10_000 {
                     continue;
                 }
                 let admin = free_port(Ipv4Addr::LOCALHOST);

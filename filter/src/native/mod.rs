@@ -173,6 +173,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         filter,
         fail: &config.config.fail_host_calls,
         hcm_added_xfcc: std::cell::Cell::new(false),
+        previous_xfcc_needed: config.config.xfcc != crate::config::XfccMode::SanitizeSet,
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         #[cfg(feature = "fault-injection")]
@@ -327,6 +328,9 @@ struct NativeHost<'a> {
     fail: &'a [String],
     /// Whether the HCM added this hop's XFCC element (with the certificate) to the request.
     hcm_added_xfcc: std::cell::Cell<bool>,
+    /// Whether the logic needs what previous hops sent (`append_forward`, `off`); with
+    /// `sanitize_set` an mTLS request's XFCC is replaced whole, so it is not worth splitting.
+    previous_xfcc_needed: bool,
 }
 
 /// The request headers as Envoy holds them (views valid until a header is set), with this
@@ -491,7 +495,7 @@ impl Host for NativeHost<'_> {
         // The HCM adds this hop's element exactly when the peer presented a certificate.
         let added_by_hcm = matches!(self.property(Property::Mtls), Ok(Some(v)) if *v == [1]) && !xfcc.is_empty();
         self.hcm_added_xfcc.set(added_by_hcm);
-        let xfcc_before_this_hop = (!xfcc.is_empty()).then(|| {
+        let xfcc_before_this_hop = (!xfcc.is_empty() && (self.previous_xfcc_needed || !added_by_hcm)).then(|| {
             let joined = String::from_utf8_lossy(&xfcc.join(&b","[..])).into_owned();
             if added_by_hcm {
                 crate::xfcc::without_last_element(&joined)
