@@ -69,6 +69,18 @@ impl std::fmt::Display for HostError {
     }
 }
 
+/// The fault-injection builds' check before a host call: `Err` if `what` is listed in the
+/// configuration's `fail_host_calls` (always empty in release builds).
+pub fn injected_fault(fail: &[String], what: &'static str) -> Result<(), HostError> {
+    if fail.iter().any(|f| f == what) {
+        return Err(HostError {
+            what,
+            status: "failed by fault injection".into(),
+        });
+    }
+    Ok(())
+}
+
 /// The proxy, as the request logic sees it.
 pub trait Host {
     /// The request headers, in whatever form the host hands them over.

@@ -142,13 +142,7 @@ struct WasmHost<'a> {
 
 impl WasmHost<'_> {
     fn check(&self, what: &'static str) -> Result<(), HostError> {
-        if self.fail.iter().any(|f| f == what) {
-            return Err(HostError {
-                what,
-                status: "failed by fault injection".into(),
-            });
-        }
-        Ok(())
+        crate::host::injected_fault(self.fail, what)
     }
 }
 

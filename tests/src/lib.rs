@@ -56,6 +56,24 @@ pub fn filter_wasm() -> PathBuf {
     path
 }
 
+/// Turns `fn NAME(build: Build)` into two tests, `NAME::wasm` and `NAME::native`: every
+/// real-Envoy test of the filter runs against both builds.
+#[macro_export]
+macro_rules! both_builds {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn wasm() {
+                super::$name($crate::Build::Wasm)
+            }
+            #[test]
+            fn native() {
+                super::$name($crate::Build::Native)
+            }
+        }
+    };
+}
+
 /// The two builds of the filter, which every real-Envoy test of the filter runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Build {

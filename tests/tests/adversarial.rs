@@ -19,21 +19,7 @@ use meshauthz_tests::bootstrap::{self, ForwardClientCert, Listener};
 use meshauthz_tests::http::{client_cert_args, curl_batch};
 use meshauthz_tests::{Build, CurlResult, Echo, Envoy, filter_faults_wasm, filter_wasm, free_port};
 
-/// Runs an attack test once per build of the filter, as `NAME::wasm` and `NAME::native`.
-macro_rules! both_builds {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn wasm() {
-                super::$name(super::Build::Wasm)
-            }
-            #[test]
-            fn native() {
-                super::$name(super::Build::Native)
-            }
-        }
-    };
-}
+use meshauthz_tests::both_builds;
 
 const TD: &str = "my-project.svc.id.goog";
 

@@ -11,21 +11,7 @@ use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, bootstrap};
 use meshauthz_tests::http::client_cert_args;
 use meshauthz_tests::{Build, CurlResult, Echo, Envoy, curl, filter_wasm, free_port, wait_until};
 
-/// Runs a test once per build of the filter, as `NAME::wasm` and `NAME::native`.
-macro_rules! both_builds {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn wasm() {
-                super::$name(super::Build::Wasm)
-            }
-            #[test]
-            fn native() {
-                super::$name(super::Build::Native)
-            }
-        }
-    };
-}
+use meshauthz_tests::both_builds;
 
 const TD: &str = "my-project.svc.id.goog";
 

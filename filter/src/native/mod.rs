@@ -343,13 +343,7 @@ struct NativeHeaders {
 
 impl NativeHost<'_> {
     fn check(&self, what: &'static str) -> Result<(), HostError> {
-        if self.fail.iter().any(|f| f == what) {
-            return Err(HostError {
-                what,
-                status: "failed by fault injection".into(),
-            });
-        }
-        Ok(())
+        crate::host::injected_fault(self.fail, what)
     }
 
     fn string_attribute(&self, id: u32) -> Option<Box<[u8]>> {
