@@ -1,8 +1,6 @@
 //! Building the index from a policy set (once per configuration; not on the request path).
 
-use regex::Regex;
-
-use super::clause::{Cidr, DestClause, HeaderCheck, HeaderSlot, Lit, SourceClause};
+use super::clause::{DestClause, HeaderCheck, HeaderSlot, Pool, SourceClause, Span};
 use super::keys::{ALWAYS, CidrKeysBuilder, PatternKeys};
 use super::{ALL_DESTS, BuildError, PolicyInfo, RuleInfo, Table};
 use crate::hash::FastMap;
@@ -43,18 +41,28 @@ pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
     }
     b.principal_keys.finish();
     b.host_keys.finish();
-    let mut pairs = Vec::with_capacity(b.pair_lists.values().map(Vec::len).sum());
-    let pair_index = b
-        .pair_lists
-        .into_iter()
-        .map(|(key, mut list)| {
-            // Pushed in rule order already; a clause listing one literal twice adds a repeat.
-            list.dedup();
-            let start = pairs.len() as u32;
-            pairs.extend(list);
-            (key, (start, pairs.len() as u32))
-        })
-        .collect();
+    // Entries were pushed in rule order; a stable sort by key keeps that order within each key,
+    // and one flat vector instead of a list per key saves an allocation per key pair (at 100k
+    // rules, allocator work was most of the load time).
+    let mut entries = b.pair_entries;
+    entries.sort_by_key(|&(key, _)| key);
+    // A clause listing one literal twice adds a repeat, next to the original after the sort.
+    entries.dedup();
+    let mut pairs = Vec::with_capacity(entries.len());
+    let mut pair_index = FastMap::default();
+    pair_index.reserve(entries.len());
+    for group in entries.chunk_by(|a, b| a.0 == b.0) {
+        let start = pairs.len() as u32;
+        pairs.extend(group.iter().map(|&(_, pair)| pair));
+        pair_index.insert(group[0].0, (start, pairs.len() as u32));
+    }
+    pair_index.shrink_to_fit();
+    if !b.pool.fits_u32() || b.rules.len() > u32::MAX as usize {
+        return Err(BuildError {
+            policy: String::new(),
+            message: "the policy set is too large to index (over 2^32 literals, bytes or rules)".into(),
+        });
+    }
     let rule_count = b.rules.len() as u32;
     Ok(Table {
         policies: set
@@ -68,6 +76,7 @@ pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
         first_allow: first_allow.unwrap_or(rule_count),
         has_allow: first_allow.is_some(),
         uses_source_ip: b.sources.iter().any(|c| !c.ip_blocks.is_empty()),
+        pool: b.pool,
         rules: b.rules,
         sources: b.sources,
         dests: b.dests,
@@ -76,7 +85,6 @@ pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
         host_keys: b.host_keys,
         pair_index,
         pairs,
-        regexes: b.regexes,
         header_names: b.header_names,
     })
 }
@@ -91,8 +99,9 @@ struct Builder {
     host_keys: PatternKeys,
     next_src_key: u32,
     next_dst_key: u32,
-    pair_lists: FastMap<u64, Vec<(u32, u32)>>,
-    regexes: Vec<Regex>,
+    /// (source key << 32 | destination key, (source clause, destination clause)), rule order.
+    pair_entries: Vec<(u64, (u32, u32))>,
+    pool: Pool,
     regex_ids: FastMap<Box<[u8]>, u32>,
     header_names: Vec<String>,
 }
@@ -114,26 +123,27 @@ impl Builder {
             src_keys.push((src_start, ALWAYS));
             self.sources.push(SourceClause {
                 rule,
-                principals: Vec::new(),
-                ip_blocks: Vec::new(),
+                principals: Span::default(),
+                ip_blocks: Span::default(),
             });
         }
         for s in sources {
             let id = self.sources.len() as u32;
             let clause = SourceClause {
                 rule,
-                principals: s.principals.iter().map(|p| Lit::new(p, false)).collect(),
-                ip_blocks: s.ip_blocks.iter().map(Cidr::new).collect(),
+                principals: self.pool.push_patterns(&s.principals, false),
+                ip_blocks: self.pool.push_cidrs(&s.ip_blocks),
             };
             // Principals are the selective part when present; IP blocks are then checked on
             // the clause itself.
             if clause.principals.is_empty() {
-                for &c in &clause.ip_blocks {
+                for &c in self.pool.cidrs(clause.ip_blocks) {
                     src_keys.push((id, self.cidr_keys.intern(c, &mut self.next_src_key)));
                 }
             }
-            for l in &clause.principals {
-                src_keys.push((id, self.principal_keys.intern(l, &mut self.next_src_key)));
+            for &l in self.pool.lits(clause.principals) {
+                let bytes = self.pool.bytes(l.bytes);
+                src_keys.push((id, self.principal_keys.intern(l.kind, bytes, &mut self.next_src_key)));
             }
             self.sources.push(clause);
         }
@@ -142,9 +152,9 @@ impl Builder {
         if dests.is_empty() {
             dst_keys.push((dst_start, ALWAYS));
             self.dests.push(DestClause {
-                hosts: Vec::new(),
-                ports: Vec::new(),
-                methods: Vec::new(),
+                hosts: Span::default(),
+                ports: Span::default(),
+                methods: Span::default(),
                 header: None,
             });
         }
@@ -159,13 +169,14 @@ impl Builder {
                 }),
             };
             let clause = DestClause {
-                hosts: d.hosts.iter().map(|p| Lit::new(p, true)).collect(),
-                ports: d.ports.clone(),
-                methods: d.methods.iter().map(|m| m.as_bytes().into()).collect(),
+                hosts: self.pool.push_patterns(&d.hosts, true),
+                ports: self.pool.push_ports(&d.ports),
+                methods: self.pool.push_exact(&d.methods),
                 header,
             };
-            for l in &clause.hosts {
-                dst_keys.push((id, self.host_keys.intern(l, &mut self.next_dst_key)));
+            for &l in self.pool.lits(clause.hosts) {
+                let bytes = self.pool.bytes(l.bytes);
+                dst_keys.push((id, self.host_keys.intern(l.kind, bytes, &mut self.next_dst_key)));
             }
             self.dests.push(clause);
         }
@@ -173,15 +184,12 @@ impl Builder {
         if src_keys.len().saturating_mul(dst_keys.len()) <= MAX_PAIRS_PER_RULE {
             for &(sc, sk) in &src_keys {
                 for &(dc, dk) in &dst_keys {
-                    self.pair_lists.entry(key(sk, dk)).or_default().push((sc, dc));
+                    self.pair_entries.push((key(sk, dk), (sc, dc)));
                 }
             }
         } else {
             for &(sc, sk) in &src_keys {
-                self.pair_lists
-                    .entry(key(sk, ALWAYS))
-                    .or_default()
-                    .push((sc, ALL_DESTS));
+                self.pair_entries.push((key(sk, ALWAYS), (sc, ALL_DESTS)));
             }
         }
         self.rules.push(RuleInfo {
@@ -221,8 +229,8 @@ impl Builder {
                 policy: policy.to_owned(),
                 message: format!("header regex: {e}"),
             })?;
-        let id = self.regexes.len() as u32;
-        self.regexes.push(re);
+        let id = self.pool.regexes.len() as u32;
+        self.pool.regexes.push(re);
         self.regex_ids.insert(source.as_bytes().into(), id);
         Ok(id)
     }

@@ -33,40 +33,148 @@ impl Ctx<'_> {
     }
 }
 
-/// A pattern with its literal as bytes.
-#[derive(Debug)]
-pub(crate) enum Lit {
-    Any,
-    Exact(Box<[u8]>),
-    Prefix(Box<[u8]>),
-    Suffix(Box<[u8]>),
+/// A range of one of the [`Pool`]'s vectors.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Span {
+    start: u32,
+    end: u32,
 }
 
-impl Lit {
-    pub fn new(p: &Pattern, lowercase: bool) -> Lit {
-        let bytes = |s: &str| -> Box<[u8]> {
-            if lowercase {
-                s.to_ascii_lowercase().into_bytes().into()
-            } else {
-                s.as_bytes().into()
-            }
-        };
-        match p {
-            Pattern::Any => Lit::Any,
-            Pattern::Exact(s) => Lit::Exact(bytes(s)),
-            Pattern::Prefix(s) => Lit::Prefix(bytes(s)),
-            Pattern::Suffix(s) => Lit::Suffix(bytes(s)),
+impl Span {
+    fn of(start: usize, end: usize) -> Span {
+        // Lengths are checked against u32 once the build is done (`Pool::fits_u32`).
+        Span {
+            start: start as u32,
+            end: end as u32,
         }
     }
 
-    #[inline]
-    pub fn matches(&self, v: &[u8]) -> bool {
-        match self {
-            Lit::Any => true,
-            Lit::Exact(s) => v == &s[..],
-            Lit::Prefix(s) => v.starts_with(s),
-            Lit::Suffix(s) => v.ends_with(s),
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.start >= self.end
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LitKind {
+    Any,
+    Exact,
+    Prefix,
+    Suffix,
+}
+
+/// A pattern whose literal lives in the pool's bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lit {
+    pub kind: LitKind,
+    pub bytes: Span,
+}
+
+/// The variable-length parts of every clause (literal bytes, literal lists, CIDRs, ports) and
+/// the header regexes, in flat vectors that clauses index by [`Span`]. A 100,000-rule table is
+/// then a handful of allocations rather than millions, which is most of what loading and
+/// dropping one used to cost.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    bytes: Vec<u8>,
+    lits: Vec<Lit>,
+    cidrs: Vec<Cidr>,
+    ports: Vec<u16>,
+    pub regexes: Vec<Regex>,
+}
+
+impl Pool {
+    pub fn bytes(&self, span: Span) -> &[u8] {
+        self.bytes.get(span.range()).unwrap_or(&[])
+    }
+
+    pub fn lits(&self, span: Span) -> &[Lit] {
+        self.lits.get(span.range()).unwrap_or(&[])
+    }
+
+    fn push_bytes(&mut self, b: &[u8]) -> Span {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(b);
+        Span::of(start, self.bytes.len())
+    }
+
+    /// Appends the patterns as literals (lowercased for hosts) and returns their range.
+    pub fn push_patterns(&mut self, patterns: &[Pattern], lowercase: bool) -> Span {
+        let start = self.lits.len();
+        for p in patterns {
+            let (kind, text) = match p {
+                Pattern::Any => (LitKind::Any, ""),
+                Pattern::Exact(s) => (LitKind::Exact, s.as_str()),
+                Pattern::Prefix(s) => (LitKind::Prefix, s.as_str()),
+                Pattern::Suffix(s) => (LitKind::Suffix, s.as_str()),
+            };
+            let bytes = if lowercase {
+                let b = self.bytes.len();
+                self.bytes.extend(text.bytes().map(|c| c.to_ascii_lowercase()));
+                Span::of(b, self.bytes.len())
+            } else {
+                self.push_bytes(text.as_bytes())
+            };
+            self.lits.push(Lit { kind, bytes });
         }
+        Span::of(start, self.lits.len())
+    }
+
+    /// Methods are exact, case-sensitive literals.
+    pub fn push_exact(&mut self, values: &[String]) -> Span {
+        let start = self.lits.len();
+        for v in values {
+            let bytes = self.push_bytes(v.as_bytes());
+            self.lits.push(Lit {
+                kind: LitKind::Exact,
+                bytes,
+            });
+        }
+        Span::of(start, self.lits.len())
+    }
+
+    pub fn push_cidrs(&mut self, nets: &[crate::spec::IpNet]) -> Span {
+        let start = self.cidrs.len();
+        self.cidrs.extend(nets.iter().map(Cidr::new));
+        Span::of(start, self.cidrs.len())
+    }
+
+    pub fn cidrs(&self, span: Span) -> &[Cidr] {
+        self.cidrs.get(span.range()).unwrap_or(&[])
+    }
+
+    pub fn push_ports(&mut self, ports: &[u16]) -> Span {
+        let start = self.ports.len();
+        self.ports.extend_from_slice(ports);
+        Span::of(start, self.ports.len())
+    }
+
+    fn ports(&self, span: Span) -> &[u16] {
+        self.ports.get(span.range()).unwrap_or(&[])
+    }
+
+    /// Whether every span handed out so far was exact (no vector outgrew `u32`).
+    pub fn fits_u32(&self) -> bool {
+        let max = u32::MAX as usize;
+        self.bytes.len() <= max && self.lits.len() <= max && self.cidrs.len() <= max && self.ports.len() <= max
+    }
+
+    #[inline]
+    pub fn lit_matches(&self, lit: Lit, v: &[u8]) -> bool {
+        let s = self.bytes(lit.bytes);
+        match lit.kind {
+            LitKind::Any => true,
+            LitKind::Exact => v == s,
+            LitKind::Prefix => v.starts_with(s),
+            LitKind::Suffix => v.ends_with(s),
+        }
+    }
+
+    fn any_lit_matches(&self, span: Span, v: &[u8]) -> bool {
+        self.lits(span).iter().any(|&l| self.lit_matches(l, v))
     }
 }
 
@@ -136,35 +244,35 @@ impl HeaderCheck {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct SourceClause {
     pub rule: u32,
-    pub principals: Vec<Lit>,
-    pub ip_blocks: Vec<Cidr>,
+    pub principals: Span,
+    pub ip_blocks: Span,
 }
 
 impl SourceClause {
     /// Principals match (if any) and IP blocks match (if any). An empty clause (a rule without
     /// sources) matches everything.
     #[inline]
-    pub fn matches(&self, ctx: &Ctx<'_>) -> bool {
+    pub fn matches(&self, ctx: &Ctx<'_>, pool: &Pool) -> bool {
         (self.principals.is_empty()
             || ctx
                 .req
                 .principal
-                .is_some_and(|p| self.principals.iter().any(|l| l.matches(p.as_bytes()))))
+                .is_some_and(|p| pool.any_lit_matches(self.principals, p.as_bytes())))
             && (self.ip_blocks.is_empty()
                 || ctx
                     .source_ip
-                    .is_some_and(|ip| self.ip_blocks.iter().any(|n| n.matches(ip))))
+                    .is_some_and(|ip| pool.cidrs(self.ip_blocks).iter().any(|n| n.matches(ip))))
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct DestClause {
-    pub hosts: Vec<Lit>,
-    pub ports: Vec<u16>,
-    pub methods: Vec<Box<[u8]>>,
+    pub hosts: Span,
+    pub ports: Span,
+    pub methods: Span,
     pub header: Option<HeaderCheck>,
 }
 
@@ -173,10 +281,10 @@ impl DestClause {
     /// destinations) matches everything. The port is checked after what the request already
     /// carries, so a request that fails on method or host never has its port looked up.
     #[inline]
-    pub fn matches(&self, ctx: &Ctx<'_>, regexes: &[Regex]) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| &m[..] == ctx.req.method.as_bytes()))
-            && (self.hosts.is_empty() || self.hosts.iter().any(|l| l.matches(ctx.host)))
-            && (self.ports.is_empty() || self.ports.contains(&ctx.port()))
-            && self.header.is_none_or(|h| h.matches(ctx, regexes))
+    pub fn matches(&self, ctx: &Ctx<'_>, pool: &Pool) -> bool {
+        (self.methods.is_empty() || pool.any_lit_matches(self.methods, ctx.req.method.as_bytes()))
+            && (self.hosts.is_empty() || pool.any_lit_matches(self.hosts, ctx.host))
+            && (self.ports.is_empty() || pool.ports(self.ports).contains(&ctx.port()))
+            && self.header.is_none_or(|h| h.matches(ctx, &pool.regexes))
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::clause::{Cidr, Lit};
+use super::clause::{Cidr, LitKind};
 use crate::hash::FastMap;
 use crate::spec::{mask32, mask128};
 
@@ -98,17 +98,26 @@ fn filter_hash(v: &[u8]) -> u64 {
 
 impl PatternKeys {
     /// The key of `lit`, numbering it from `next` if it is new.
-    pub fn intern(&mut self, lit: &Lit, next: &mut u32) -> u32 {
-        let fresh = || {
-            *next += 1;
-            *next - 1
+    pub fn intern(&mut self, kind: LitKind, bytes: &[u8], next: &mut u32) -> u32 {
+        let map = match kind {
+            LitKind::Any => {
+                return *self.any.get_or_insert_with(|| {
+                    *next += 1;
+                    *next - 1
+                });
+            }
+            LitKind::Exact => &mut self.exact,
+            LitKind::Prefix => &mut self.prefix,
+            LitKind::Suffix => &mut self.suffix,
         };
-        match lit {
-            Lit::Any => *self.any.get_or_insert_with(fresh),
-            Lit::Exact(s) => *self.exact.entry(s.clone()).or_insert_with(fresh),
-            Lit::Prefix(s) => *self.prefix.entry(s.clone()).or_insert_with(fresh),
-            Lit::Suffix(s) => *self.suffix.entry(s.clone()).or_insert_with(fresh),
+        // Look up before inserting: most literals repeat, and a hit then copies nothing.
+        if let Some(&k) = map.get(bytes) {
+            return k;
         }
+        let k = *next;
+        *next += 1;
+        map.insert(bytes.into(), k);
+        k
     }
 
     /// Call once all patterns are interned.

@@ -27,12 +27,10 @@ mod keys;
 
 use std::net::IpAddr;
 
-use regex::Regex;
-
 use crate::hash::FastMap;
 use crate::request::{Decision, Request, RuleRef};
 use crate::spec::{Action, PolicySet, canonical_ip};
-use clause::{Ctx, DestClause, SourceClause};
+use clause::{Ctx, DestClause, Pool, SourceClause};
 pub use host::normalize_host;
 use keys::{CidrKeys, KeyBuf, PatternKeys};
 
@@ -53,7 +51,8 @@ pub struct Table {
     pair_index: FastMap<u64, (u32, u32)>,
     /// (source clause, destination clause or [`ALL_DESTS`]), sorted by rule within a range.
     pairs: Vec<(u32, u32)>,
-    regexes: Vec<Regex>,
+    /// Literals, CIDRs, ports and regexes of every clause.
+    pool: Pool,
     header_names: Vec<String>,
     uses_source_ip: bool,
 }
@@ -176,11 +175,9 @@ impl Table {
                     let dest_ok = if dc == ALL_DESTS {
                         self.rule_dests_match(source.rule, &ctx)
                     } else {
-                        self.dests
-                            .get(dc as usize)
-                            .is_some_and(|c| c.matches(&ctx, &self.regexes))
+                        self.dests.get(dc as usize).is_some_and(|c| c.matches(&ctx, &self.pool))
                     };
-                    if dest_ok && source.matches(&ctx) {
+                    if dest_ok && source.matches(&ctx, &self.pool) {
                         best = source.rule;
                         break;
                     }
@@ -223,7 +220,7 @@ impl Table {
             return false;
         };
         let clauses = self.dests.get(r.dests.0 as usize..r.dests.1 as usize).unwrap_or(&[]);
-        clauses.iter().any(|c| c.matches(ctx, &self.regexes))
+        clauses.iter().any(|c| c.matches(ctx, &self.pool))
     }
 
     fn rule_sources_match(&self, rule: u32, ctx: &Ctx<'_>) -> bool {
@@ -234,6 +231,6 @@ impl Table {
             .sources
             .get(r.sources.0 as usize..r.sources.1 as usize)
             .unwrap_or(&[]);
-        clauses.iter().any(|c| c.matches(ctx))
+        clauses.iter().any(|c| c.matches(ctx, &self.pool))
     }
 }
