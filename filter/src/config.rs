@@ -109,6 +109,18 @@ impl FilterConfig {
             fail_host_calls,
         })
     }
+
+    /// The line both host layers log once a configuration is accepted (`envoy-load` reads its
+    /// `configure_ms`).
+    pub fn summary(&self, configure_ms: f64) -> String {
+        format!(
+            "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?} configure_ms={configure_ms:.3}",
+            self.table.policy_count(),
+            self.table.rule_count(),
+            self.mode,
+            self.xfcc,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -73,13 +73,7 @@ pub(crate) fn on_configure(root_context_id: u32, size: usize) -> bool {
                 (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6,
                 _ => 0.0,
             };
-            info!(
-                "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?} configure_ms={elapsed_ms:.3}",
-                config.table.policy_count(),
-                config.table.rule_count(),
-                config.mode,
-                config.xfcc,
-            );
+            info!("{}", config.summary(elapsed_ms));
             if !config.fail_host_calls.is_empty() {
                 warn!(
                     "meshauthz: fault injection: failing host calls {:?}",

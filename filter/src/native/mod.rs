@@ -115,14 +115,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             error!("meshauthz: rejecting configuration: Envoy refused to define its counters");
             return std::ptr::null();
         };
-        info!(
-            "meshauthz: configured policies={} rules={} mode={:?} xfcc={:?} configure_ms={:.3}",
-            config.table.policy_count(),
-            config.table.rule_count(),
-            config.mode,
-            config.xfcc,
-            started.elapsed().as_secs_f64() * 1e3,
-        );
+        info!("{}", config.summary(started.elapsed().as_secs_f64() * 1e3));
         Box::into_raw(Box::new(Config {
             config,
             fixed,
