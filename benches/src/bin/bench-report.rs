@@ -94,9 +94,51 @@ fn micro() -> String {
 fn load(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let rows: Vec<Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let rounds = rows
+        .iter()
+        .filter_map(|r| r["round"].as_u64())
+        .max()
+        .map_or(0, |m| m + 1);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Envoy load (`benches/src/bin/envoy-load.rs`, {rounds} interleaved rounds, medians)\n\n\
+         wrk -> client sidecar Envoy -> mTLS -> server Envoy (`--concurrency 1`, direct response) with\n\
+         (a) no filter, (b) native RBAC (`--emit envoy-rbac`), (b2) native RBAC's matcher form\n\
+         (`--emit envoy-rbac-matcher`), (c) no-op proxy-wasm filter, (d) meshauthz (Wasm), (e) meshauthz (native).\n\
+         Half the requests are allowed (GET, matched by the last rule), half denied (POST).\n\
+         Every variant forwards the client certificate (XFCC) as the guide's sidecars do: meshauthz itself,\n\
+         the others through the HCM's `SANITIZE_SET`. The variants run in a different order each round.\n\
+         Throughput: wrk, 1 thread, 16 connections. Latency: a fixed rate over 4 keep-alive connections, with the\n\
+         server Envoy alone on one CPU and the client side on the other.\n\
+         Ratios and differences are taken within each round, then the median over rounds (and the range).\n\n\
+         Two workloads: *exact* (each rule one exact principal, host, port and method, the client's rule\n\
+         last: what RBAC's matcher tree looks up best) and *mix* (the criterion workload above: wildcard\n\
+         principals and hosts, CIDR sources, header regexes, DENY policies, then a rule for the client with\n\
+         a namespace-wide principal and a host prefix).\n"
+    );
+    let runs: Vec<&Value> = rows.iter().filter(|r| r["rss"] != true).collect();
+    for workload in ["exact", "mix"] {
+        // Results from before the workloads were split are the exact workload.
+        let of: Vec<&Value> = runs
+            .iter()
+            .copied()
+            .filter(|r| r["workload"].as_str().unwrap_or("exact") == workload)
+            .collect();
+        if !of.is_empty() {
+            let _ = writeln!(s, "#### Workload: {workload}\n");
+            s += &workload_tables(&of);
+        }
+    }
+    s += &rss_and_runs(&rows);
+    Ok(s)
+}
+
+/// The throughput, latency and CPU tables of one workload's runs.
+fn workload_tables(runs: &[&Value]) -> String {
     // (rules, variant) -> measurements over rounds
     let mut by: BTreeMap<(u64, String), Vec<&Value>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r["rss"] != true) {
+    for &r in runs {
         let key = (
             r["rules"].as_u64().unwrap_or(0),
             r["variant"].as_str().unwrap_or("").to_owned(),
@@ -135,27 +177,9 @@ fn load(path: &Path) -> Result<String, String> {
     };
     let ratio: fn(f64, f64) -> f64 = |x, y| x / y;
     let minus: fn(f64, f64) -> f64 = |x, y| x - y;
-    let rounds = rows
-        .iter()
-        .filter_map(|r| r["round"].as_u64())
-        .max()
-        .map_or(0, |m| m + 1);
     let mut sizes: Vec<u64> = by.keys().map(|k| k.0).filter(|&r| r > 0).collect();
     sizes.dedup();
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "### Envoy load (`benches/src/bin/envoy-load.rs`, {rounds} interleaved rounds, medians)\n\n\
-         wrk -> client sidecar Envoy -> mTLS -> server Envoy (`--concurrency 1`, direct response) with\n\
-         (a) no filter, (b) native RBAC (`--emit envoy-rbac`), (b2) native RBAC's matcher form\n\
-         (`--emit envoy-rbac-matcher`), (c) no-op proxy-wasm filter, (d) meshauthz (Wasm), (e) meshauthz (native).\n\
-         Half the requests are allowed (GET, matched by the last rule), half denied (POST).\n\
-         Every variant forwards the client certificate (XFCC) as the guide's sidecars do: meshauthz itself,\n\
-         the others through the HCM's `SANITIZE_SET`. The variants run in a different order each round.\n\
-         Throughput: wrk, 1 thread, 16 connections. Latency: a fixed rate over 4 keep-alive connections, with the\n\
-         server Envoy alone on one CPU and the client side on the other.\n\
-         Ratios and differences are taken within each round, then the median over rounds (and the range).\n"
-    );
     let _ = writeln!(
         s,
         "| rules | rps (a) none | rps (b) rbac | rps (c) noop wasm | rps (d) meshauthz | (d)/(a) | (d)/(b) | (d)/(c) | p50 / p99 (a) µs | p50 / p99 (b) µs | p50 / p99 (d) µs | added p99 (d)-(a) µs | configure (d) ms |"
@@ -239,6 +263,12 @@ fn load(path: &Path) -> Result<String, String> {
             );
         }
     }
+    s
+}
+
+/// Memory by worker count, then every run's raw figures.
+fn rss_and_runs(rows: &[Value]) -> String {
+    let mut s = String::new();
     let rss: Vec<&Value> = rows.iter().filter(|r| r["rss"] == true).collect();
     if !rss.is_empty() {
         let _ = writeln!(
@@ -262,8 +292,9 @@ fn load(path: &Path) -> Result<String, String> {
     for r in rows.iter().filter(|r| r["rss"] != true) {
         let _ = writeln!(
             s,
-            "- round {} rules {} {}: {:.0} rps, {:.0}/{:.0} µs, server {:.1} µs CPU ({:.1} user) per request",
+            "- round {} {} rules {} {}: {:.0} rps, {:.0}/{:.0} µs, server {:.1} µs CPU ({:.1} user) per request",
             r["round"],
+            r["workload"].as_str().unwrap_or("exact"),
             r["rules"],
             r["variant"].as_str().unwrap_or(""),
             r["rps"].as_f64().unwrap_or(0.0),
@@ -273,7 +304,7 @@ fn load(path: &Path) -> Result<String, String> {
             r["server_user_us"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    Ok(s)
+    s
 }
 
 fn wasm_sizes() -> String {
