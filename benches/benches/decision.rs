@@ -45,6 +45,8 @@ fn decisions(c: &mut Criterion) {
             .iter()
             .zip(&slot_refs)
             .map(|(r, h)| Request {
+                sni: None,
+                destination_ip: None,
                 principal: r.principal.as_deref(),
                 source_ip: r.source_ip,
                 authority: &r.authority,

@@ -158,6 +158,8 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
         .collect();
     let slots: Vec<&[&str]> = values.iter().map(Vec::as_slice).collect();
     let request = Request {
+        sni: None,
+        destination_ip: None,
         principal,
         source_ip,
         authority: &headers.authority,

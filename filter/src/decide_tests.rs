@@ -141,11 +141,13 @@ fn configured(set: &PolicySet, xfcc: XfccMode) -> FilterConfig {
 
 fn policy(name: &str, action: Action, sources: Vec<Source>, header: Option<(&str, &str)>) -> Policy {
     Policy {
+        dry_run: false,
         name: name.into(),
         action,
         rules: vec![Rule {
             sources,
             destinations: vec![Destination {
+                conditions: Vec::new(),
                 hosts: vec![Pattern::Exact("service-test".into())],
                 ports: vec![8000],
                 methods: vec!["GET".into()],
@@ -160,6 +162,7 @@ fn policy(name: &str, action: Action, sources: Vec<Source>, header: Option<(&str
 
 fn principals(p: &[&str]) -> Vec<Source> {
     vec![Source {
+        conditions: Vec::new(),
         principals: p.iter().map(|p| Pattern::parse(p).unwrap()).collect(),
         ip_blocks: vec![],
     }]
@@ -169,6 +172,7 @@ fn principals(p: &[&str]) -> Vec<Source> {
 fn allow_all() -> PolicySet {
     PolicySet {
         policies: vec![Policy {
+            dry_run: false,
             name: "all".into(),
             action: Action::Allow,
             rules: vec![],
@@ -179,6 +183,7 @@ fn allow_all() -> PolicySet {
 /// DENY 10.0.0.0/8, ALLOW the client: every host call the decision needs is exercised.
 fn guarded() -> PolicySet {
     let deny_net = vec![Source {
+        conditions: Vec::new(),
         principals: vec![],
         ip_blocks: vec![IpNet::new("10.0.0.0".parse().unwrap(), 8).unwrap()],
     }];

@@ -61,7 +61,7 @@ pub fn json_dump(table: &[u8]) -> Result<String, wire::DecodeError> {
     let set = wire::decode(table)?;
     let value = json!({
         "format": "meshauthz-table",
-        "version": wire::FORMAT_VERSION,
+        "version": wire::version_of(table),
         "bytes": table.len(),
         "policies": dump_policies(&set),
     });

@@ -250,6 +250,8 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let slots: Vec<&[&str]> = values.iter().map(Vec::as_slice).collect();
             let host = meshauthz_policy_compiler::hcm_host(&host);
             let decision = table.evaluate(&Request {
+                sni: None,
+                destination_ip: None,
                 principal: principal.as_deref(),
                 source_ip,
                 authority: host,

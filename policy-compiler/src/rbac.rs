@@ -115,7 +115,7 @@ fn host_rule(p: &Pattern) -> Value {
 /// of the joined value (a superset of "any single value"), an ALLOW's as written.
 pub(crate) fn header_match_regex(regex: &str, action: Action) -> String {
     match action {
-        Action::Deny => format!("(?:.*,)?(?:{regex})(?:,.*)?"),
+        Action::Deny | Action::Audit => format!("(?:.*,)?(?:{regex})(?:,.*)?"),
         Action::Allow => regex.to_owned(),
     }
 }

@@ -21,8 +21,10 @@ pub mod spiffe;
 pub mod wire;
 
 pub use eval::{BuildError, Table, normalize_host};
-pub use request::{Decision, Request, RuleRef};
-pub use spec::{Action, Destination, HeaderMatch, IpNet, Pattern, Policy, PolicySet, Rule, Source};
+pub use request::{Decision, Observed, Request, RuleRef};
+pub use spec::{
+    Action, Attribute, Condition, Destination, HeaderMatch, IpNet, Matcher, Pattern, Policy, PolicySet, Rule, Source,
+};
 pub use wire::{DecodeError, FORMAT_VERSION};
 
 /// Why table bytes could not be loaded.

@@ -22,6 +22,12 @@ pub struct Request<'a> {
     /// [`Table::header_names`](crate::Table::header_names): every value the header arrived
     /// with, in order (Envoy keeps a repeated header as separate entries); empty when absent.
     pub headers: &'a [&'a [&'a str]],
+    /// The SNI the client sent (`None`: plaintext or none sent); read only when
+    /// [`Table::uses_sni`](crate::Table::uses_sni).
+    pub sni: Option<&'a str>,
+    /// The connection's local address; read only when
+    /// [`Table::uses_destination_ip`](crate::Table::uses_destination_ip).
+    pub destination_ip: Option<IpAddr>,
 }
 
 /// Which policy rule decided. `rule` is `None` for a policy without rules (it matches all).
@@ -38,4 +44,14 @@ pub struct Decision {
     /// The matching rule that decided, or `None` for the default (no DENY matched and either no
     /// ALLOW policy exists, or none matched).
     pub by: Option<RuleRef>,
+}
+
+/// What the policies that never decide made of a request: Istio's AUDIT policies and the
+/// dry-run (`istio.io/dry-run`) ones, evaluated apart from the enforced set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The first AUDIT rule that matched.
+    pub audit: Option<RuleRef>,
+    /// What the dry-run policies alone would have decided, when there are any.
+    pub dry_run: Option<Decision>,
 }

@@ -18,6 +18,8 @@ pub struct PolicySet {
 pub enum Action {
     Allow,
     Deny,
+    /// Istio's AUDIT: a match is counted and logged and never changes the decision.
+    Audit,
 }
 
 impl Action {
@@ -25,6 +27,7 @@ impl Action {
         match self {
             Action::Allow => "ALLOW",
             Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
         }
     }
 }
@@ -35,6 +38,9 @@ pub struct Policy {
     pub name: String,
     pub action: Action,
     pub rules: Vec<Rule>,
+    /// Istio's `istio.io/dry-run`: evaluated on its own (with the other dry-run policies) and
+    /// counted, never enforced.
+    pub dry_run: bool,
 }
 
 /// A rule matches when (no sources, or any source matches) and (no destinations, or any
@@ -45,14 +51,18 @@ pub struct Rule {
     pub destinations: Vec<Destination>,
 }
 
-/// Matches when its principals match (if any) and its IP blocks match (if any).
+/// Matches when its principals match (if any), its IP blocks match (if any) and every
+/// condition holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Source {
     pub principals: Vec<Pattern>,
     pub ip_blocks: Vec<IpNet>,
+    /// Format 2: further tests on the request (Istio's not-lists, namespaces, `when`).
+    pub conditions: Vec<Condition>,
 }
 
-/// Matches when host, port, method (if any) and header (if any) all match.
+/// Matches when host, port, method (if any) and header (if any) all match, and every
+/// condition holds. An empty list matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Destination {
     /// Host patterns; literals are stored lowercase.
@@ -60,6 +70,73 @@ pub struct Destination {
     pub ports: Vec<u16>,
     pub methods: Vec<String>,
     pub header: Option<HeaderMatch>,
+    /// Format 2: further tests on the request (paths, SNI, destination IP, not-lists).
+    pub conditions: Vec<Condition>,
+}
+
+/// One test of one request attribute: it holds when some matcher matches the attribute's
+/// value, or, when `negated`, when none does. An attribute the request does not have (no
+/// principal on plaintext, an absent header) matches no matcher, so a negated condition on it
+/// holds, as Envoy's `not` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub attribute: Attribute,
+    pub negated: bool,
+    /// At least one; each must suit the attribute (strings for string attributes, networks for
+    /// addresses, ports for the port).
+    pub matchers: Vec<Matcher>,
+}
+
+/// What a [`Condition`] looks at.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Attribute {
+    /// The peer's SPIFFE ID (absent without a valid X.509-SVID).
+    Principal,
+    /// `:authority`, compared case-insensitively (matcher literals are stored lowercase).
+    Host,
+    /// `:method`, case-sensitive.
+    Method,
+    /// `:path` without its query (`?`) and fragment (`#`).
+    Path,
+    /// The TLS SNI the client asked for; empty without TLS or SNI.
+    Sni,
+    /// A request header (lowercase name); repeated values are joined with `,`.
+    Header(String),
+    /// The direct peer's address.
+    SourceIp,
+    /// The connection's local address.
+    DestinationIp,
+    /// The connection's local port.
+    DestinationPort,
+}
+
+impl Attribute {
+    /// Whether [`Matcher`]s of this attribute are strings (else networks or ports).
+    pub fn is_string(&self) -> bool {
+        !matches!(
+            self,
+            Attribute::SourceIp | Attribute::DestinationIp | Attribute::DestinationPort
+        )
+    }
+}
+
+/// One value a condition compares with.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Matcher {
+    /// The attribute is present (a header sent, even empty).
+    Present,
+    /// Present and not empty.
+    NonEmpty,
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    /// An RE2-style regex that must match the whole value.
+    Regex(String),
+    /// A path template: `/` separated segments, each a literal, `{*}` (one non-empty segment) or
+    /// `{**}` (any number of segments, none included).
+    PathTemplate(String),
+    Net(IpNet),
+    Port(u16),
 }
 
 /// `httpHeaderMatch`: the regex must match the whole (comma-joined) header value.

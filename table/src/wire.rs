@@ -10,24 +10,38 @@
 //! body
 //!   strings   varint n, then n x (varint len, UTF-8 bytes)      -- deduplicated pool
 //!   policies  varint n, then n x policy
-//!   policy    varint name, u8 action (0 allow, 1 deny), varint n, n x rule
+//!   policy    varint name, u8 action (0 allow, 1 deny, 2 audit), [v2: u8 flags (1 dry-run)],
+//!             varint n, n x rule
 //!   rule      varint n, n x source, varint m, m x destination
-//!   source    varint n, n x pattern, varint m, m x ipnet
+//!   source    varint n, n x pattern, varint m, m x ipnet, [v2: varint k, k x condition]
 //!   dest      varint n, n x pattern, varint m, m x u16 LE port, varint k, k x varint method,
-//!             u8 has_header, [varint name, varint regex]
+//!             u8 has_header, [varint name, varint regex], [v2: varint k, k x condition]
 //!   pattern   u8 kind (0 any, 1 exact, 2 prefix, 3 suffix), [varint literal]
 //!   ipnet     u8 family (4, 6), u8 prefix_len, 4 or 16 address bytes
+//!   condition u8 attribute (0 principal, 1 host, 2 method, 3 path, 4 sni, 5 header, 6 source
+//!             ip, 7 destination ip, 8 destination port), [header: varint name], u8 negated,
+//!             varint n (>= 1), n x matcher
+//!   matcher   u8 kind (0 present, 1 non-empty, 2 exact, 3 prefix, 4 suffix, 5 regex, 6 path
+//!             template: varint string; 7 ipnet; 8 u16 LE port)
 //! ```
+//! Version 1 has no audit action, no flags and no conditions, and needs hosts and ports in
+//! every destination; version 2 relaxes that (any non-empty destination). The encoder writes
+//! version 1 whenever the set fits it, so filters that read only version 1 keep loading what
+//! the guide's format compiles to.
+//!
 //! Every string reference is an index into the pool. The decoder checks every byte of this:
 //! lengths against what is left, indexes against the pool, enums against their ranges; it never
 //! allocates more than the input could describe and never panics, whatever the bytes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::spec::{Action, Destination, HeaderMatch, IpNet, Pattern, Policy, PolicySet, Rule, Source};
+use crate::spec::{
+    Action, Attribute, Condition, Destination, HeaderMatch, IpNet, Matcher, Pattern, Policy, PolicySet, Rule, Source,
+};
 
 pub const MAGIC: &[u8; 8] = b"MZAUTHZ\0";
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format this build reads and writes; it reads every older one too.
+pub const FORMAT_VERSION: u16 = 2;
 const HEADER_LEN: usize = 20;
 
 /// Why bytes are not a table. Offsets are from the start of the input.
@@ -90,7 +104,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::UnsupportedVersion(v) => {
                 write!(
                     f,
-                    "format version {v} is not supported (this build reads {FORMAT_VERSION})"
+                    "format version {v} is not supported (this build reads 1 to {FORMAT_VERSION})"
                 )
             }
             DecodeError::ReservedFlags(v) => write!(f, "reserved flags are set ({v:#06x})"),
@@ -154,6 +168,12 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
+/// The format version a table's header declares (`None` if too short or not a table).
+pub fn version_of(bytes: &[u8]) -> Option<u16> {
+    let header = bytes.get(..HEADER_LEN).filter(|h| &h[..8] == MAGIC)?;
+    Some(u16::from_le_bytes([header[8], header[9]]))
+}
+
 /// Decodes and validates a table's bytes into the policy set it holds.
 pub fn decode(bytes: &[u8]) -> Result<PolicySet, DecodeError> {
     let header = bytes.get(..HEADER_LEN).ok_or(DecodeError::TooShort)?;
@@ -161,7 +181,7 @@ pub fn decode(bytes: &[u8]) -> Result<PolicySet, DecodeError> {
         return Err(DecodeError::BadMagic);
     }
     let version = u16::from_le_bytes([header[8], header[9]]);
-    if version != FORMAT_VERSION {
+    if version == 0 || version > FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
     let flags = u16::from_le_bytes([header[10], header[11]]);
@@ -185,6 +205,7 @@ pub fn decode(bytes: &[u8]) -> Result<PolicySet, DecodeError> {
         bytes,
         pos: HEADER_LEN,
         strings: Vec::new(),
+        v2: version >= 2,
     };
     let n = r.count(1)?;
     let mut strings = Vec::with_capacity(n);
@@ -210,6 +231,7 @@ struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
     strings: Vec<&'a str>,
+    v2: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -270,10 +292,24 @@ impl<'a> Reader<'a> {
         let action = match self.u8()? {
             0 => Action::Allow,
             1 => Action::Deny,
+            2 if self.v2 => Action::Audit,
             value => {
                 return Err(DecodeError::BadEnum {
                     offset: at,
                     what: "action",
+                    value,
+                });
+            }
+        };
+        let at = self.pos;
+        let dry_run = match if self.v2 { self.u8()? } else { 0 } {
+            0 => false,
+            // Istio refuses dry-run on AUDIT; an audit never decides anyway.
+            1 if action != Action::Audit => true,
+            value => {
+                return Err(DecodeError::BadEnum {
+                    offset: at,
+                    what: "policy flags",
                     value,
                 });
             }
@@ -283,7 +319,12 @@ impl<'a> Reader<'a> {
         for _ in 0..n {
             rules.push(self.rule()?);
         }
-        Ok(Policy { name, action, rules })
+        Ok(Policy {
+            name,
+            action,
+            rules,
+            dry_run,
+        })
     }
 
     fn rule(&mut self) -> Result<Rule, DecodeError> {
@@ -293,13 +334,18 @@ impl<'a> Reader<'a> {
             let at = self.pos;
             let principals = self.list(1, Self::pattern)?;
             let ip_blocks = self.list(6, Self::ipnet)?;
-            if principals.is_empty() && ip_blocks.is_empty() {
+            let conditions = self.conditions()?;
+            if principals.is_empty() && ip_blocks.is_empty() && conditions.is_empty() {
                 return Err(DecodeError::EmptyList {
                     offset: at,
                     what: "source",
                 });
             }
-            sources.push(Source { principals, ip_blocks });
+            sources.push(Source {
+                principals,
+                ip_blocks,
+                conditions,
+            });
         }
         let n = self.count(5)?;
         let mut destinations = Vec::with_capacity(n);
@@ -310,9 +356,10 @@ impl<'a> Reader<'a> {
     }
 
     fn destination(&mut self) -> Result<Destination, DecodeError> {
+        let start = self.pos;
         let at = self.pos;
         let hosts = self.list(1, Self::pattern)?;
-        if hosts.is_empty() {
+        if hosts.is_empty() && !self.v2 {
             return Err(DecodeError::EmptyList {
                 offset: at,
                 what: "hosts",
@@ -327,7 +374,7 @@ impl<'a> Reader<'a> {
                 port => Ok(port),
             }
         })?;
-        if ports.is_empty() {
+        if ports.is_empty() && !self.v2 {
             return Err(DecodeError::EmptyList {
                 offset: at,
                 what: "ports",
@@ -349,11 +396,103 @@ impl<'a> Reader<'a> {
                 });
             }
         };
+        let conditions = self.conditions()?;
+        if hosts.is_empty() && ports.is_empty() && methods.is_empty() && header.is_none() && conditions.is_empty() {
+            return Err(DecodeError::EmptyList {
+                offset: start,
+                what: "destination",
+            });
+        }
         Ok(Destination {
             hosts,
             ports,
             methods,
             header,
+            conditions,
+        })
+    }
+
+    /// A clause's conditions: none in version 1.
+    fn conditions(&mut self) -> Result<Vec<Condition>, DecodeError> {
+        if !self.v2 {
+            return Ok(Vec::new());
+        }
+        self.list(3, Self::condition)
+    }
+
+    fn condition(&mut self) -> Result<Condition, DecodeError> {
+        let at = self.pos;
+        let attribute = match self.u8()? {
+            0 => Attribute::Principal,
+            1 => Attribute::Host,
+            2 => Attribute::Method,
+            3 => Attribute::Path,
+            4 => Attribute::Sni,
+            5 => Attribute::Header(self.string()?),
+            6 => Attribute::SourceIp,
+            7 => Attribute::DestinationIp,
+            8 => Attribute::DestinationPort,
+            value => {
+                return Err(DecodeError::BadEnum {
+                    offset: at,
+                    what: "condition attribute",
+                    value,
+                });
+            }
+        };
+        let at = self.pos;
+        let negated = match self.u8()? {
+            0 => false,
+            1 => true,
+            value => {
+                return Err(DecodeError::BadEnum {
+                    offset: at,
+                    what: "negation flag",
+                    value,
+                });
+            }
+        };
+        let at = self.pos;
+        let matchers = self.list(1, |r| r.matcher(&attribute))?;
+        if matchers.is_empty() {
+            return Err(DecodeError::EmptyList {
+                offset: at,
+                what: "matcher",
+            });
+        }
+        Ok(Condition {
+            attribute,
+            negated,
+            matchers,
+        })
+    }
+
+    /// One matcher, of a kind that suits `attribute`.
+    fn matcher(&mut self, attribute: &Attribute) -> Result<Matcher, DecodeError> {
+        let at = self.pos;
+        let kind = self.u8()?;
+        let string = attribute.is_string();
+        let port = *attribute == Attribute::DestinationPort;
+        Ok(match kind {
+            0 if string => Matcher::Present,
+            1 if string => Matcher::NonEmpty,
+            2 if string => Matcher::Exact(self.string()?),
+            3 if string => Matcher::Prefix(self.string()?),
+            4 if string => Matcher::Suffix(self.string()?),
+            5 if string => Matcher::Regex(self.string()?),
+            6 if *attribute == Attribute::Path => Matcher::PathTemplate(self.string()?),
+            7 if !string && !port => Matcher::Net(self.ipnet()?),
+            8 if port => {
+                let raw = self.take(2)?;
+                Matcher::Port(u16::from_le_bytes([raw[0], raw[1]]))
+            }
+            value => {
+                return Err(DecodeError::BadEnum {
+                    offset: at,
+                    what: "matcher kind",
+                    value,
+                });
+            }
         })
     }
 
@@ -426,7 +565,11 @@ impl<'a> Reader<'a> {
 /// networks are already clear in [`IpNet`]).
 #[cfg(feature = "encode")]
 pub fn encode(set: &PolicySet) -> Vec<u8> {
-    let mut w = Writer::default();
+    let version = if needs_v2(set) { 2 } else { 1 };
+    let mut w = Writer {
+        v2: version >= 2,
+        ..Writer::default()
+    };
     for policy in &set.policies {
         w.policy(policy);
     }
@@ -440,13 +583,28 @@ pub fn encode(set: &PolicySet) -> Vec<u8> {
     body.extend_from_slice(&w.out);
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&u16::to_le_bytes(version));
     bytes.extend_from_slice(&0u16.to_le_bytes());
     let body_len = u32::try_from(body.len()).unwrap_or(u32::MAX);
     bytes.extend_from_slice(&body_len.to_le_bytes());
     bytes.extend_from_slice(&crc32(&body).to_le_bytes());
     bytes.extend_from_slice(&body);
     bytes
+}
+
+/// Whether the set uses anything version 1 cannot hold.
+#[cfg(feature = "encode")]
+fn needs_v2(set: &PolicySet) -> bool {
+    set.policies.iter().any(|p| {
+        p.action == Action::Audit
+            || p.dry_run
+            || p.rules.iter().any(|r| {
+                r.sources.iter().any(|s| !s.conditions.is_empty())
+                    || r.destinations
+                        .iter()
+                        .any(|d| !d.conditions.is_empty() || d.hosts.is_empty() || d.ports.is_empty())
+            })
+    })
 }
 
 #[cfg(feature = "encode")]
@@ -465,6 +623,7 @@ struct Writer<'s> {
     index: std::collections::HashMap<&'s str, u64>,
     pool_bytes: usize,
     out: Vec<u8>,
+    v2: bool,
 }
 
 #[cfg(feature = "encode")]
@@ -488,7 +647,11 @@ impl<'s> Writer<'s> {
         self.out.push(match p.action {
             Action::Allow => 0,
             Action::Deny => 1,
+            Action::Audit => 2,
         });
+        if self.v2 {
+            self.out.push(u8::from(p.dry_run));
+        }
         self.len(p.rules.len());
         for rule in &p.rules {
             self.len(rule.sources.len());
@@ -496,18 +659,8 @@ impl<'s> Writer<'s> {
                 self.len(s.principals.len());
                 s.principals.iter().for_each(|p| self.pattern(p));
                 self.len(s.ip_blocks.len());
-                for net in &s.ip_blocks {
-                    match net.addr() {
-                        IpAddr::V4(a) => {
-                            self.out.extend_from_slice(&[4, net.prefix_len()]);
-                            self.out.extend_from_slice(&a.octets());
-                        }
-                        IpAddr::V6(a) => {
-                            self.out.extend_from_slice(&[6, net.prefix_len()]);
-                            self.out.extend_from_slice(&a.octets());
-                        }
-                    }
-                }
+                s.ip_blocks.iter().for_each(|n| self.ipnet(n));
+                self.conditions(&s.conditions);
             }
             self.len(rule.destinations.len());
             for d in &rule.destinations {
@@ -527,8 +680,71 @@ impl<'s> Writer<'s> {
                         self.string(&h.regex);
                     }
                 }
+                self.conditions(&d.conditions);
             }
         }
+    }
+
+    fn ipnet(&mut self, net: &IpNet) {
+        match net.addr() {
+            IpAddr::V4(a) => {
+                self.out.extend_from_slice(&[4, net.prefix_len()]);
+                self.out.extend_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                self.out.extend_from_slice(&[6, net.prefix_len()]);
+                self.out.extend_from_slice(&a.octets());
+            }
+        }
+    }
+
+    fn conditions(&mut self, conds: &'s [Condition]) {
+        if !self.v2 {
+            return;
+        }
+        self.len(conds.len());
+        for c in conds {
+            match &c.attribute {
+                Attribute::Principal => self.out.push(0),
+                Attribute::Host => self.out.push(1),
+                Attribute::Method => self.out.push(2),
+                Attribute::Path => self.out.push(3),
+                Attribute::Sni => self.out.push(4),
+                Attribute::Header(name) => {
+                    self.out.push(5);
+                    self.string(name);
+                }
+                Attribute::SourceIp => self.out.push(6),
+                Attribute::DestinationIp => self.out.push(7),
+                Attribute::DestinationPort => self.out.push(8),
+            }
+            self.out.push(u8::from(c.negated));
+            self.len(c.matchers.len());
+            for m in &c.matchers {
+                match m {
+                    Matcher::Present => self.out.push(0),
+                    Matcher::NonEmpty => self.out.push(1),
+                    Matcher::Exact(v) => self.tagged(2, v),
+                    Matcher::Prefix(v) => self.tagged(3, v),
+                    Matcher::Suffix(v) => self.tagged(4, v),
+                    Matcher::Regex(v) => self.tagged(5, v),
+                    Matcher::PathTemplate(v) => self.tagged(6, v),
+                    Matcher::Net(n) => {
+                        self.out.push(7);
+                        self.ipnet(n);
+                    }
+                    Matcher::Port(p) => {
+                        self.out.push(8);
+                        self.out.extend_from_slice(&p.to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    fn tagged(&mut self, tag: u8, s: &'s str) {
+        self.out.push(tag);
+        self.string(s);
     }
 
     fn pattern(&mut self, p: &'s Pattern) {

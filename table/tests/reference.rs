@@ -65,7 +65,11 @@ fn source_strategy() -> impl Strategy<Value = Source> {
         .prop_filter("a source needs principals or ipBlocks", |(p, i)| {
             !p.is_empty() || !i.is_empty()
         })
-        .prop_map(|(principals, ip_blocks)| Source { principals, ip_blocks })
+        .prop_map(|(principals, ip_blocks)| Source {
+            principals,
+            ip_blocks,
+            conditions: Vec::new(),
+        })
 }
 
 fn dest_strategy() -> impl Strategy<Value = Destination> {
@@ -82,6 +86,7 @@ fn dest_strategy() -> impl Strategy<Value = Destination> {
         ),
     )
         .prop_map(|(hosts, ports, methods, header)| Destination {
+            conditions: Vec::new(),
             hosts,
             ports,
             methods: methods.into_iter().map(str::to_owned).collect(),
@@ -104,6 +109,7 @@ fn policy_set_strategy() -> impl Strategy<Value = PolicySet> {
             .into_iter()
             .enumerate()
             .map(|(i, (deny, rules))| Policy {
+                dry_run: false,
                 name: format!("p{i}"),
                 action: if deny { Action::Deny } else { Action::Allow },
                 rules,
@@ -194,14 +200,17 @@ fn req(principal: Option<&str>, authority: &str, port: u16, method: &str) -> Req
 fn guide_policy() -> PolicySet {
     PolicySet {
         policies: vec![Policy {
+            dry_run: false,
             name: "authz-policy".into(),
             action: Action::Allow,
             rules: vec![Rule {
                 sources: vec![Source {
+                    conditions: Vec::new(),
                     principals: vec![Pattern::Exact("spiffe://p.svc.id.goog/ns/default/sa/client".into())],
                     ip_blocks: vec![],
                 }],
                 destinations: vec![Destination {
+                    conditions: Vec::new(),
                     hosts: vec![Pattern::Exact("service-test".into())],
                     ports: vec![8000],
                     methods: vec!["GET".into()],
@@ -247,6 +256,7 @@ fn no_policies_allow_and_empty_deny_policy_denies_all() {
     assert_eq!(table_decision(&table, &req(None, "x", 1, "GET")), (true, None));
     let set = PolicySet {
         policies: vec![Policy {
+            dry_run: false,
             name: "lockdown".into(),
             action: Action::Deny,
             rules: vec![],
@@ -263,10 +273,12 @@ fn no_policies_allow_and_empty_deny_policy_denies_all() {
 fn any_principal_never_matches_plaintext() {
     let set = PolicySet {
         policies: vec![Policy {
+            dry_run: false,
             name: "deny-mtls".into(),
             action: Action::Deny,
             rules: vec![Rule {
                 sources: vec![Source {
+                    conditions: Vec::new(),
                     principals: vec![Pattern::Any],
                     ip_blocks: vec![],
                 }],
@@ -321,6 +333,7 @@ fn host_matching_removes_nothing() {
 #[test]
 fn repeated_headers_never_dodge_a_deny() {
     let dest = |regex: &str| Destination {
+        conditions: Vec::new(),
         hosts: vec![Pattern::Any],
         ports: vec![80],
         methods: vec![],
@@ -330,6 +343,7 @@ fn repeated_headers_never_dodge_a_deny() {
         }),
     };
     let policy = |name: &str, action, regex: &str| Policy {
+        dry_run: false,
         name: name.into(),
         action,
         rules: vec![Rule {
@@ -364,11 +378,13 @@ fn repeated_headers_never_dodge_a_deny() {
 fn perl_classes_are_ascii() {
     let set = PolicySet {
         policies: vec![Policy {
+            dry_run: false,
             name: "ids".into(),
             action: Action::Allow,
             rules: vec![Rule {
                 sources: vec![],
                 destinations: vec![Destination {
+                    conditions: Vec::new(),
                     hosts: vec![Pattern::Any],
                     ports: vec![80],
                     methods: vec![],
@@ -402,6 +418,7 @@ fn wide_rules_and_key_overflow_agree_with_reference() {
     let principal = "spiffe://td.example/ns/a/sa/client-with-a-rather-long-name-for-prefixes";
     let wide = Rule {
         sources: vec![Source {
+            conditions: Vec::new(),
             principals: (0..20)
                 .map(|i| Pattern::Exact(format!("spiffe://td.example/ns/a/sa/p{i}")))
                 .chain([Pattern::Exact(principal.into())])
@@ -409,6 +426,7 @@ fn wide_rules_and_key_overflow_agree_with_reference() {
             ip_blocks: vec![],
         }],
         destinations: vec![Destination {
+            conditions: Vec::new(),
             hosts: (0..20)
                 .map(|i| Pattern::Exact(format!("h{i}")))
                 .chain([Pattern::Exact("service-test".into())])
@@ -420,12 +438,14 @@ fn wide_rules_and_key_overflow_agree_with_reference() {
     };
     let prefixes = Rule {
         sources: vec![Source {
+            conditions: Vec::new(),
             principals: (3..principal.len())
                 .map(|n| Pattern::Prefix(principal[..n].to_owned()))
                 .collect(),
             ip_blocks: vec![],
         }],
         destinations: vec![Destination {
+            conditions: Vec::new(),
             hosts: vec![Pattern::Any],
             ports: vec![9000],
             methods: vec![],
@@ -435,11 +455,13 @@ fn wide_rules_and_key_overflow_agree_with_reference() {
     let set = PolicySet {
         policies: vec![
             Policy {
+                dry_run: false,
                 name: "wide".into(),
                 action: Action::Allow,
                 rules: vec![wide],
             },
             Policy {
+                dry_run: false,
                 name: "prefixes".into(),
                 action: Action::Allow,
                 rules: vec![prefixes],

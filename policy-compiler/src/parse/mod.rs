@@ -155,7 +155,12 @@ impl Parser<'_> {
         }
         let ((name, (line, col)), action) = (name?, action?);
         (self.error_count() == errors_before).then_some(ParsedPolicy {
-            policy: Policy { name, action, rules },
+            policy: Policy {
+                name,
+                action,
+                rules,
+                dry_run: false,
+            },
             line,
             col,
         })

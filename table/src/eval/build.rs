@@ -1,32 +1,59 @@
 //! Building the index from a policy set (once per configuration; not on the request path).
 
-use super::clause::{DestClause, HeaderCheck, HeaderSlot, Pool, SourceClause, Span};
+use super::clause::{Cidr, DestClause, HeaderCheck, HeaderSlot, LitKind, Pool, SourceClause, Span};
+use super::cond::{Check, CondCheck, Slot, template_regex};
 use super::keys::{ALWAYS, CidrKeysBuilder, PatternKeys};
 use super::{ALL_DESTS, BuildError, PolicyInfo, RuleInfo, Table};
 use crate::hash::FastMap;
-use crate::spec::{Action, Destination, Policy, PolicySet, Source};
+use crate::spec::{Action, Attribute, Condition, Destination, Matcher, Policy, PolicySet, Source};
 
 /// Above this many (source key, destination key) combinations a rule is indexed by its source
 /// keys alone, so one rule listing many principals and many hosts cannot blow the index up.
 const MAX_PAIRS_PER_RULE: usize = 256;
 
+/// The enforced policies' table, holding the AUDIT policies' and the dry-run policies' tables
+/// (each its own engine, as Istio's are separate RBAC filters) when there are any. All three
+/// share one header list, so one [`Request`](crate::Request) serves them all.
 pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
+    let mut header_names = Vec::new();
+    let mut table = engine(set, &mut header_names, |p| !p.dry_run && p.action != Action::Audit)?;
+    let mut sub = |select: fn(&Policy) -> bool| -> Result<Option<Box<Table>>, BuildError> {
+        if !set.policies.iter().any(select) {
+            return Ok(None);
+        }
+        engine(set, &mut header_names, select).map(|t| Some(Box::new(t)))
+    };
+    table.audit = sub(|p| p.action == Action::Audit)?;
+    table.dry_run = sub(|p| p.dry_run && p.action != Action::Audit)?;
+    for t in [&table.audit, &table.dry_run].into_iter().flatten() {
+        table.uses_source_ip |= t.uses_source_ip;
+        table.uses_sni |= t.uses_sni;
+        table.uses_destination_ip |= t.uses_destination_ip;
+    }
+    table.policies = set
+        .policies
+        .iter()
+        .map(|p| PolicyInfo {
+            name: p.name.clone(),
+            action: p.action,
+        })
+        .collect();
+    table.header_names = header_names;
+    Ok(table)
+}
+
+/// One engine: the selected policies, DENY (or AUDIT) rules first, then ALLOW.
+fn engine(set: &PolicySet, header_names: &mut Vec<String>, select: fn(&Policy) -> bool) -> Result<Table, BuildError> {
     let mut b = Builder {
         next_src_key: ALWAYS + 1,
         next_dst_key: ALWAYS + 1,
+        header_names: std::mem::take(header_names),
         ..Builder::default()
     };
-    let deny_first = set
-        .policies
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.action == Action::Deny)
-        .chain(
-            set.policies
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.action == Action::Allow),
-        );
+    let selected = || set.policies.iter().enumerate().filter(|(_, p)| select(p));
+    let deny_first = selected()
+        .filter(|(_, p)| p.action != Action::Allow)
+        .chain(selected().filter(|(_, p)| p.action == Action::Allow));
     let mut first_allow = None;
     for (pi, policy) in deny_first {
         if policy.action == Action::Allow && first_allow.is_none() {
@@ -64,18 +91,16 @@ pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
         });
     }
     let rule_count = b.rules.len() as u32;
+    *header_names = std::mem::take(&mut b.header_names);
     Ok(Table {
-        policies: set
-            .policies
-            .iter()
-            .map(|p| PolicyInfo {
-                name: p.name.clone(),
-                action: p.action,
-            })
-            .collect(),
+        policies: Vec::new(),
         first_allow: first_allow.unwrap_or(rule_count),
         has_allow: first_allow.is_some(),
-        uses_source_ip: b.sources.iter().any(|c| !c.ip_blocks.is_empty()),
+        uses_source_ip: b.sources.iter().any(|c| !c.ip_blocks.is_empty()) || b.uses_source_ip,
+        uses_sni: b.uses_sni,
+        uses_destination_ip: b.uses_destination_ip,
+        audit: None,
+        dry_run: None,
         pool: b.pool,
         rules: b.rules,
         sources: b.sources,
@@ -85,7 +110,7 @@ pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
         host_keys: b.host_keys,
         pair_index,
         pairs,
-        header_names: b.header_names,
+        header_names: Vec::new(),
     })
 }
 
@@ -104,6 +129,9 @@ struct Builder {
     pool: Pool,
     regex_ids: FastMap<Box<[u8]>, u32>,
     header_names: Vec<String>,
+    uses_source_ip: bool,
+    uses_sni: bool,
+    uses_destination_ip: bool,
 }
 
 impl Builder {
@@ -125,15 +153,24 @@ impl Builder {
                 rule,
                 principals: Span::default(),
                 ip_blocks: Span::default(),
+                conditions: Span::default(),
             });
         }
+        let deny = of.action == Action::Deny;
         for s in sources {
             let id = self.sources.len() as u32;
+            let conditions = self.conditions(&s.conditions, deny, &of.name)?;
             let clause = SourceClause {
                 rule,
                 principals: self.pool.push_patterns(&s.principals, false),
                 ip_blocks: self.pool.push_cidrs(&s.ip_blocks),
+                conditions,
             };
+            // Only conditions: nothing to look up, so the clause is a candidate for every
+            // request (its conditions then decide).
+            if clause.principals.is_empty() && clause.ip_blocks.is_empty() {
+                src_keys.push((id, ALWAYS));
+            }
             // Principals are the selective part when present; IP blocks are then checked on
             // the clause itself.
             if clause.principals.is_empty() {
@@ -156,6 +193,7 @@ impl Builder {
                 ports: Span::default(),
                 methods: Span::default(),
                 header: None,
+                conditions: Span::default(),
             });
         }
         for d in dests {
@@ -164,16 +202,21 @@ impl Builder {
                 None => None,
                 Some(h) => Some(HeaderCheck {
                     slot: self.header_slot(&h.name),
-                    regex: self.regex(&h.regex, &of.name)?,
+                    regex: self.regex(&h.regex, &of.name, "header regex")?,
                     any_value: of.action == Action::Deny,
                 }),
             };
+            let conditions = self.conditions(&d.conditions, deny, &of.name)?;
             let clause = DestClause {
                 hosts: self.pool.push_patterns(&d.hosts, true),
                 ports: self.pool.push_ports(&d.ports),
                 methods: self.pool.push_exact(&d.methods),
                 header,
+                conditions,
             };
+            if clause.hosts.is_empty() {
+                dst_keys.push((id, ALWAYS));
+            }
             for &l in self.pool.lits(clause.hosts) {
                 let bytes = self.pool.bytes(l.bytes);
                 dst_keys.push((id, self.host_keys.intern(l.kind, bytes, &mut self.next_dst_key)));
@@ -217,7 +260,76 @@ impl Builder {
         }
     }
 
-    fn regex(&mut self, source: &str, policy: &str) -> Result<u32, BuildError> {
+    /// A clause's conditions, compiled; a matcher that does not suit its attribute is an error
+    /// (the decoder lets none through; this guards hand-built sets).
+    fn conditions(&mut self, conds: &[Condition], deny: bool, policy: &str) -> Result<Span, BuildError> {
+        let mut out = Vec::with_capacity(conds.len());
+        for c in conds {
+            let slot = match &c.attribute {
+                Attribute::Principal => Slot::Principal,
+                Attribute::Host => Slot::Host,
+                Attribute::Method => Slot::Method,
+                Attribute::Path => Slot::Header(self.header_slot(":path"), true),
+                Attribute::Sni => {
+                    self.uses_sni = true;
+                    Slot::Sni
+                }
+                Attribute::Header(name) => Slot::Header(self.header_slot(name), false),
+                Attribute::SourceIp => {
+                    self.uses_source_ip = true;
+                    Slot::SourceIp
+                }
+                Attribute::DestinationIp => {
+                    self.uses_destination_ip = true;
+                    Slot::DestinationIp
+                }
+                Attribute::DestinationPort => Slot::DestinationPort,
+            };
+            let lowercase = c.attribute == Attribute::Host;
+            let mut checks = Vec::with_capacity(c.matchers.len());
+            for m in &c.matchers {
+                let check = match (m, c.attribute.is_string()) {
+                    (Matcher::Present, true) => Check::Present,
+                    (Matcher::NonEmpty, true) => Check::NonEmpty,
+                    (Matcher::Exact(v), true) => Check::Lit(self.pool.lit(LitKind::Exact, v, lowercase)),
+                    (Matcher::Prefix(v), true) => Check::Lit(self.pool.lit(LitKind::Prefix, v, lowercase)),
+                    (Matcher::Suffix(v), true) => Check::Lit(self.pool.lit(LitKind::Suffix, v, lowercase)),
+                    (Matcher::Regex(re), true) => Check::Regex(self.regex(re, policy, "condition regex")?),
+                    (Matcher::PathTemplate(t), true) if c.attribute == Attribute::Path => {
+                        let re = template_regex(t).ok_or_else(|| BuildError {
+                            policy: policy.to_owned(),
+                            message: format!("path template {t:?}: braces only as a whole {{*}} or {{**}} segment"),
+                        })?;
+                        Check::Regex(self.regex(&re, policy, "path template")?)
+                    }
+                    (Matcher::Net(n), false) if c.attribute != Attribute::DestinationPort => Check::Net(Cidr::new(n)),
+                    (Matcher::Port(p), false) if c.attribute == Attribute::DestinationPort => Check::Port(*p),
+                    _ => {
+                        return Err(BuildError {
+                            policy: policy.to_owned(),
+                            message: format!("condition on {:?}: matcher {m:?} does not apply", c.attribute),
+                        });
+                    }
+                };
+                checks.push(check);
+            }
+            if checks.is_empty() {
+                return Err(BuildError {
+                    policy: policy.to_owned(),
+                    message: format!("condition on {:?} has no matchers", c.attribute),
+                });
+            }
+            out.push(CondCheck {
+                slot,
+                negated: c.negated,
+                checks: self.pool.push_checks(checks),
+                any_value: deny && !c.negated && matches!(c.attribute, Attribute::Header(_)),
+            });
+        }
+        Ok(self.pool.push_conds(out))
+    }
+
+    fn regex(&mut self, source: &str, policy: &str, what: &str) -> Result<u32, BuildError> {
         if let Some(&id) = self.regex_ids.get(source.as_bytes()) {
             return Ok(id);
         }
@@ -227,7 +339,7 @@ impl Builder {
             .build()
             .map_err(|e| BuildError {
                 policy: policy.to_owned(),
-                message: format!("header regex: {e}"),
+                message: format!("{what}: {e}"),
             })?;
         let id = self.pool.regexes.len() as u32;
         self.pool.regexes.push(re);

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use regex::Regex;
 
+use super::cond::{Check, CondCheck};
 use crate::request::Request;
 use crate::spec::{Pattern, mask32, mask128};
 
@@ -84,6 +85,8 @@ pub(crate) struct Pool {
     cidrs: Vec<Cidr>,
     ports: Vec<u16>,
     pub regexes: Vec<Regex>,
+    conds: Vec<CondCheck>,
+    checks: Vec<Check>,
 }
 
 impl Pool {
@@ -156,10 +159,58 @@ impl Pool {
         self.ports.get(span.range()).unwrap_or(&[])
     }
 
+    /// A literal for a condition's check (lowercased for hosts).
+    pub fn lit(&mut self, kind: LitKind, text: &str, lowercase: bool) -> Lit {
+        let start = self.bytes.len();
+        if lowercase {
+            self.bytes.extend(text.bytes().map(|c| c.to_ascii_lowercase()));
+        } else {
+            self.bytes.extend_from_slice(text.as_bytes());
+        }
+        Lit {
+            kind,
+            bytes: Span::of(start, self.bytes.len()),
+        }
+    }
+
+    pub fn push_checks(&mut self, checks: impl IntoIterator<Item = Check>) -> Span {
+        let start = self.checks.len();
+        self.checks.extend(checks);
+        Span::of(start, self.checks.len())
+    }
+
+    pub fn checks(&self, span: Span) -> &[Check] {
+        self.checks.get(span.range()).unwrap_or(&[])
+    }
+
+    pub fn push_conds(&mut self, conds: Vec<CondCheck>) -> Span {
+        let start = self.conds.len();
+        self.conds.extend(conds);
+        Span::of(start, self.conds.len())
+    }
+
+    #[inline]
+    fn conds_hold(&self, span: Span, ctx: &Ctx<'_>) -> bool {
+        self.conds
+            .get(span.range())
+            .unwrap_or(&[])
+            .iter()
+            .all(|c| c.matches(ctx, self))
+    }
+
     /// Whether every span handed out so far was exact (no vector outgrew `u32`).
     pub fn fits_u32(&self) -> bool {
         let max = u32::MAX as usize;
-        self.bytes.len() <= max && self.lits.len() <= max && self.cidrs.len() <= max && self.ports.len() <= max
+        [
+            self.bytes.len(),
+            self.lits.len(),
+            self.cidrs.len(),
+            self.ports.len(),
+            self.conds.len(),
+            self.checks.len(),
+        ]
+        .iter()
+        .all(|&n| n <= max)
     }
 
     #[inline]
@@ -249,6 +300,7 @@ pub(crate) struct SourceClause {
     pub rule: u32,
     pub principals: Span,
     pub ip_blocks: Span,
+    pub conditions: Span,
 }
 
 impl SourceClause {
@@ -265,6 +317,7 @@ impl SourceClause {
                 || ctx
                     .source_ip
                     .is_some_and(|ip| pool.cidrs(self.ip_blocks).iter().any(|n| n.matches(ip))))
+            && (self.conditions.is_empty() || pool.conds_hold(self.conditions, ctx))
     }
 }
 
@@ -274,6 +327,7 @@ pub(crate) struct DestClause {
     pub ports: Span,
     pub methods: Span,
     pub header: Option<HeaderCheck>,
+    pub conditions: Span,
 }
 
 impl DestClause {
@@ -286,5 +340,6 @@ impl DestClause {
             && (self.hosts.is_empty() || pool.any_lit_matches(self.hosts, ctx.host))
             && (self.ports.is_empty() || pool.ports(self.ports).contains(&ctx.port()))
             && self.header.is_none_or(|h| h.matches(ctx, &pool.regexes))
+            && (self.conditions.is_empty() || pool.conds_hold(self.conditions, ctx))
     }
 }

@@ -21,6 +21,7 @@
 
 mod build;
 mod clause;
+mod cond;
 mod dialect;
 mod host;
 mod keys;
@@ -28,7 +29,7 @@ mod keys;
 use std::net::IpAddr;
 
 use crate::hash::FastMap;
-use crate::request::{Decision, Request, RuleRef};
+use crate::request::{Decision, Observed, Request, RuleRef};
 use crate::spec::{Action, PolicySet, canonical_ip};
 use clause::{Ctx, DestClause, Pool, SourceClause};
 pub use host::normalize_host;
@@ -55,6 +56,12 @@ pub struct Table {
     pool: Pool,
     header_names: Vec<String>,
     uses_source_ip: bool,
+    uses_sni: bool,
+    uses_destination_ip: bool,
+    /// The AUDIT policies, as their own engine (a match only counts).
+    audit: Option<Box<Table>>,
+    /// The dry-run policies, as their own engine (decides nothing).
+    dry_run: Option<Box<Table>>,
 }
 
 /// In a pair: the rule had too many pattern combinations to index both sides, so its
@@ -114,6 +121,30 @@ impl Table {
         self.uses_source_ip
     }
 
+    /// Whether any rule looks at the TLS SNI.
+    pub fn uses_sni(&self) -> bool {
+        self.uses_sni
+    }
+
+    /// Whether any rule looks at the connection's local address.
+    pub fn uses_destination_ip(&self) -> bool {
+        self.uses_destination_ip
+    }
+
+    /// Whether there are AUDIT or dry-run policies, i.e. whether [`Table::observe`] can say
+    /// anything.
+    pub fn observes(&self) -> bool {
+        self.audit.is_some() || self.dry_run.is_some()
+    }
+
+    /// What the AUDIT and the dry-run policies make of a request. Never part of the decision.
+    pub fn observe(&self, req: &Request<'_>, port: &dyn Fn() -> u16) -> Observed {
+        Observed {
+            audit: self.audit.as_ref().and_then(|t| t.evaluate_with_port(req, port).by),
+            dry_run: self.dry_run.as_ref().map(|t| t.evaluate_with_port(req, port)),
+        }
+    }
+
     pub fn policy_count(&self) -> usize {
         self.policies.len()
     }
@@ -121,6 +152,11 @@ impl Table {
     /// Rules in the table, counting a policy without rules as one match-all rule.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+            + [&self.audit, &self.dry_run]
+                .into_iter()
+                .flatten()
+                .map(|t| t.rules.len())
+                .sum::<usize>()
     }
 
     pub fn policy_name(&self, policy: u32) -> &str {

@@ -165,6 +165,8 @@ pub fn table_decision(table: &Table, r: &Req) -> (bool, Option<(u32, Option<u32>
         .collect();
     let slots: Vec<&[&str]> = values.iter().map(Vec::as_slice).collect();
     let d = table.evaluate(&Request {
+        sni: None,
+        destination_ip: None,
         principal: r.principal.as_deref(),
         source_ip: r.source_ip,
         authority: &r.authority,

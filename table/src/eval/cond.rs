@@ -1,0 +1,170 @@
+//! Conditions (format 2): the tests a clause makes beyond its indexed fields, such as Istio's
+//! not-lists, namespaces, paths, SNI and destination address. They are checked only on the
+//! clauses the index already found, so they never change what the index looks up; a clause's
+//! conditions are ANDed.
+
+use std::net::IpAddr;
+
+use super::clause::{Cidr, Ctx, HeaderSlot, Lit, Pool, Span};
+
+/// Where a condition finds its value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Slot {
+    Principal,
+    /// The lowercased host.
+    Host,
+    Method,
+    /// A header's values; for `:path` only the part before `?` or `#`.
+    Header(HeaderSlot, bool),
+    Sni,
+    SourceIp,
+    DestinationIp,
+    DestinationPort,
+}
+
+/// One compiled matcher.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Check {
+    Present,
+    NonEmpty,
+    Lit(Lit),
+    Regex(u32),
+    Net(Cidr),
+    Port(u16),
+}
+
+/// One compiled condition: holds when some check matches (or, negated, none does).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CondCheck {
+    pub slot: Slot,
+    pub negated: bool,
+    pub checks: Span,
+    /// In a DENY policy a positive header condition also holds when any single value of a
+    /// repeated header matches (the trust rule for `httpHeaderMatch`).
+    pub any_value: bool,
+}
+
+impl CondCheck {
+    #[inline]
+    pub fn matches(&self, ctx: &Ctx<'_>, pool: &Pool) -> bool {
+        self.any_check(ctx, pool) != self.negated
+    }
+
+    fn any_check(&self, ctx: &Ctx<'_>, pool: &Pool) -> bool {
+        let checks = pool.checks(self.checks);
+        let text = |v: &[u8]| checks.iter().any(|c| text_matches(*c, v, pool));
+        match self.slot {
+            Slot::Principal => ctx.req.principal.is_some_and(|p| text(p.as_bytes())),
+            Slot::Host => text(ctx.host),
+            Slot::Method => text(ctx.req.method.as_bytes()),
+            // Envoy reports an absent SNI as the empty string.
+            Slot::Sni => text(ctx.req.sni.unwrap_or("").as_bytes()),
+            Slot::Header(slot, is_path) => {
+                let values: &[&str] = match slot {
+                    HeaderSlot::Authority => std::slice::from_ref(&ctx.req.authority),
+                    HeaderSlot::Method => std::slice::from_ref(&ctx.req.method),
+                    HeaderSlot::Named(i) => ctx.req.headers.get(i as usize).copied().unwrap_or(&[]),
+                };
+                match values {
+                    [] => false,
+                    [one] if is_path => text(path_only(one).as_bytes()),
+                    [one] => text(one.as_bytes()),
+                    many => {
+                        (self.any_value && many.iter().any(|v| text(v.as_bytes()))) || text(many.join(",").as_bytes())
+                    }
+                }
+            }
+            Slot::SourceIp => ctx
+                .source_ip
+                .is_some_and(|ip| checks.iter().any(|c| net_matches(*c, ip))),
+            Slot::DestinationIp => ctx
+                .req
+                .destination_ip
+                .map(crate::spec::canonical_ip)
+                .is_some_and(|ip| checks.iter().any(|c| net_matches(*c, ip))),
+            Slot::DestinationPort => {
+                let port = ctx.port();
+                checks.iter().any(|c| matches!(c, Check::Port(p) if *p == port))
+            }
+        }
+    }
+}
+
+/// The path a `url_path` matcher sees: without the query and the fragment.
+fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or("")
+}
+
+#[inline]
+fn text_matches(check: Check, v: &[u8], pool: &Pool) -> bool {
+    match check {
+        Check::Present => true,
+        Check::NonEmpty => !v.is_empty(),
+        Check::Lit(l) => pool.lit_matches(l, v),
+        Check::Regex(id) => pool
+            .regexes
+            .get(id as usize)
+            .is_some_and(|re| std::str::from_utf8(v).is_ok_and(|s| re.is_match(s))),
+        Check::Net(_) | Check::Port(_) => false,
+    }
+}
+
+#[inline]
+fn net_matches(check: Check, ip: IpAddr) -> bool {
+    matches!(check, Check::Net(n) if n.matches(ip))
+}
+
+/// A path template as an anchored-by-the-builder regex: `{*}` is one non-empty segment,
+/// `{**}` any number of characters that may include `/` (so any number of segments, none
+/// included), everything else literal. `None` if a brace stands anywhere but as a whole
+/// `{*}`/`{**}` segment.
+pub(crate) fn template_regex(template: &str) -> Option<String> {
+    const PCHAR: &str = r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]";
+    let mut out = String::new();
+    for (i, segment) in template.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        match segment {
+            "{*}" => out.push_str(&format!("{PCHAR}+")),
+            "{**}" => out.push_str(&format!("(?:{PCHAR}|/)*")),
+            s if s.contains(['{', '}']) => return None,
+            s => out.push_str(&regex_syntax::escape(s)),
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(re: &str, s: &str) -> bool {
+        regex::Regex::new(&format!("^(?:{re})$")).unwrap().is_match(s)
+    }
+
+    #[test]
+    fn templates_match_segments_as_envoy_uri_template_does() {
+        let one = template_regex("/foo/{*}/bar").unwrap();
+        assert!(full(&one, "/foo/x/bar"));
+        assert!(!full(&one, "/foo//bar"));
+        assert!(!full(&one, "/foo/x/y/bar"));
+        let many = template_regex("/foo/{**}/bar").unwrap();
+        assert!(full(&many, "/foo/x/y/bar"));
+        assert!(full(&many, "/foo//bar"));
+        let tail = template_regex("/foo/{**}").unwrap();
+        assert!(full(&tail, "/foo/"));
+        assert!(full(&tail, "/foo/a/b.c"));
+        assert!(!full(&tail, "/foo"));
+        assert!(!full(&template_regex("/a.b").unwrap(), "/aXb"));
+        assert_eq!(template_regex("/x{*}"), None);
+        assert_eq!(template_regex("/{a}"), None);
+    }
+
+    #[test]
+    fn path_loses_query_and_fragment() {
+        assert_eq!(path_only("/a?b#c"), "/a");
+        assert_eq!(path_only("/a#b?c"), "/a");
+        assert_eq!(path_only("/a"), "/a");
+    }
+}
