@@ -2,7 +2,7 @@
 //! configuration and a readable dump.
 
 use base64::Engine;
-use meshauthz_table::{Destination, Pattern, PolicySet, Source, wire};
+use meshauthz_table::{Attribute, Condition, Destination, Matcher, Pattern, PolicySet, Source, wire};
 use serde_json::{Value, json};
 
 /// What the filter does with a DENY decision.
@@ -68,6 +68,38 @@ pub fn json_dump(table: &[u8]) -> Result<String, wire::DecodeError> {
     Ok(format!("{value:#}\n"))
 }
 
+/// A format-2 condition as the dump shows it: `{"principal": [...]}` or `{"not path": [...]}`.
+fn dump_condition(c: &Condition) -> Value {
+    let attribute = match &c.attribute {
+        Attribute::Principal => "principal".to_owned(),
+        Attribute::Host => "host".to_owned(),
+        Attribute::Method => "method".to_owned(),
+        Attribute::Path => "path".to_owned(),
+        Attribute::Sni => "sni".to_owned(),
+        Attribute::Header(n) => format!("header {n}"),
+        Attribute::SourceIp => "sourceIp".to_owned(),
+        Attribute::DestinationIp => "destinationIp".to_owned(),
+        Attribute::DestinationPort => "destinationPort".to_owned(),
+    };
+    let matchers: Vec<Value> = c
+        .matchers
+        .iter()
+        .map(|m| match m {
+            Matcher::Present => json!({"present": true}),
+            Matcher::NonEmpty => json!({"nonEmpty": true}),
+            Matcher::Exact(v) => json!({"exact": v}),
+            Matcher::Prefix(v) => json!({"prefix": v}),
+            Matcher::Suffix(v) => json!({"suffix": v}),
+            Matcher::Regex(v) => json!({"regex": v}),
+            Matcher::PathTemplate(v) => json!({"template": v}),
+            Matcher::Net(n) => json!({"cidr": n.to_string()}),
+            Matcher::Port(p) => json!({"port": p}),
+        })
+        .collect();
+    let key = if c.negated { format!("not {attribute}") } else { attribute };
+    json!({ key: matchers })
+}
+
 fn dump_policies(set: &PolicySet) -> Value {
     let patterns = |ps: &[Pattern]| ps.iter().map(Pattern::to_source_text).collect::<Vec<_>>();
     let source = |s: &Source| {
@@ -81,12 +113,19 @@ fn dump_policies(set: &PolicySet) -> Value {
                 json!(s.ip_blocks.iter().map(ToString::to_string).collect::<Vec<_>>()),
             );
         }
+        if !s.conditions.is_empty() {
+            m.insert("conditions".into(), s.conditions.iter().map(dump_condition).collect());
+        }
         Value::Object(m)
     };
     let destination = |d: &Destination| {
         let mut m = serde_json::Map::new();
-        m.insert("hosts".into(), json!(patterns(&d.hosts)));
-        m.insert("ports".into(), json!(d.ports));
+        if !d.hosts.is_empty() {
+            m.insert("hosts".into(), json!(patterns(&d.hosts)));
+        }
+        if !d.ports.is_empty() {
+            m.insert("ports".into(), json!(d.ports));
+        }
         if !d.methods.is_empty() {
             m.insert("methods".into(), json!(d.methods));
         }
@@ -96,19 +135,26 @@ fn dump_policies(set: &PolicySet) -> Value {
                 json!({"headerName": h.name, "regexMatch": h.regex}),
             );
         }
+        if !d.conditions.is_empty() {
+            m.insert("conditions".into(), d.conditions.iter().map(dump_condition).collect());
+        }
         Value::Object(m)
     };
     set.policies
         .iter()
         .map(|p| {
-            json!({
+            let mut v = json!({
                 "name": p.name,
                 "action": p.action.as_str(),
                 "rules": p.rules.iter().map(|r| json!({
                     "sources": r.sources.iter().map(source).collect::<Vec<_>>(),
                     "destinations": r.destinations.iter().map(destination).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
-            })
+            });
+            if p.dry_run {
+                v["dryRun"] = json!(true);
+            }
+            v
         })
         .collect()
 }

@@ -19,12 +19,26 @@ use std::path::Path;
 use meshauthz_table::{PolicySet, Table};
 
 pub use diag::{CompileError, Diagnostic, Severity};
+pub use parse::istio::IstioOptions;
+
+/// How to compile: the warnings policy and, for Istio input, the workload.
+#[derive(Clone, Debug, Default)]
+pub struct CompileOptions {
+    /// Warnings count as errors.
+    pub deny_warnings: bool,
+    pub istio: IstioOptions,
+}
 
 /// A policy set that compiled, with the warnings met on the way.
 #[derive(Debug)]
 pub struct Compiled {
     pub set: PolicySet,
     pub warnings: Vec<Diagnostic>,
+    /// What was left out on purpose and should be said (CUSTOM policies under
+    /// `--ignore-custom`).
+    pub notes: Vec<String>,
+    /// Whether any input was Istio's format (for `check`'s host model).
+    pub istio: bool,
 }
 
 impl Compiled {
@@ -36,11 +50,24 @@ impl Compiled {
 
 /// Compiles `(file name, text)` pairs. With `deny_warnings`, warnings count as errors.
 pub fn compile_sources(inputs: &[(String, String)], deny_warnings: bool) -> Result<Compiled, CompileError> {
+    compile_sources_with(
+        inputs,
+        &CompileOptions {
+            deny_warnings,
+            ..CompileOptions::default()
+        },
+    )
+}
+
+/// Compiles `(file name, text)` pairs with the given options.
+pub fn compile_sources_with(inputs: &[(String, String)], options: &CompileOptions) -> Result<Compiled, CompileError> {
+    let deny_warnings = options.deny_warnings;
     let mut diags = Vec::new();
+    let mut notes = Vec::new();
     let mut parsed = Vec::new();
     for (file, text) in inputs {
         let before = diags.len();
-        for p in parse::parse_file(file, text, &mut diags) {
+        for p in parse::parse_file(file, text, &options.istio, &mut diags, &mut notes) {
             parsed.push((file.as_str(), p));
         }
         diags[before..].iter_mut().for_each(|d| {
@@ -71,6 +98,7 @@ pub fn compile_sources(inputs: &[(String, String)], deny_warnings: bool) -> Resu
     if diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(CompileError { diagnostics: diags });
     }
+    let istio = parsed.iter().any(|(_, p)| p.istio);
     let set = PolicySet {
         policies: parsed.into_iter().map(|(_, p)| p.policy).collect(),
     };
@@ -85,7 +113,12 @@ pub fn compile_sources(inputs: &[(String, String)], deny_warnings: bool) -> Resu
             message: e.to_string(),
         }],
     })?;
-    Ok(Compiled { set, warnings: diags })
+    Ok(Compiled {
+        set,
+        warnings: diags,
+        notes,
+        istio,
+    })
 }
 
 /// The host as the documented HCM hands it to the filter and the router:
@@ -108,6 +141,17 @@ pub fn hcm_host(raw: &str) -> &str {
 
 /// Reads and compiles policy files.
 pub fn compile_files(paths: &[impl AsRef<Path>], deny_warnings: bool) -> Result<Compiled, CompileError> {
+    compile_files_with(
+        paths,
+        &CompileOptions {
+            deny_warnings,
+            ..CompileOptions::default()
+        },
+    )
+}
+
+/// Reads and compiles policy files with the given options.
+pub fn compile_files_with(paths: &[impl AsRef<Path>], options: &CompileOptions) -> Result<Compiled, CompileError> {
     let mut inputs = Vec::new();
     let mut diags = Vec::new();
     for path in paths {
@@ -127,7 +171,7 @@ pub fn compile_files(paths: &[impl AsRef<Path>], deny_warnings: bool) -> Result<
     if !diags.is_empty() {
         return Err(CompileError { diagnostics: diags });
     }
-    compile_sources(&inputs, deny_warnings)
+    compile_sources_with(&inputs, options)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a

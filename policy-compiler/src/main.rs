@@ -6,10 +6,62 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use meshauthz_policy_compiler::emit::{self, Mode, Xfcc};
-use meshauthz_policy_compiler::{Compiled, compile_files, write_atomically};
-use meshauthz_table::{Request, Table};
+use meshauthz_policy_compiler::{CompileOptions, Compiled, IstioOptions, compile_files_with, write_atomically};
+use meshauthz_table::{PolicySet, Request, Table};
+
+/// The workload Istio `AuthorizationPolicy` input is compiled for (ignored by the guide's
+/// format, which has no selectors).
+#[derive(Args, Debug, Clone)]
+struct Workload {
+    /// Istio: the workload's namespace (policies in it and in the root namespace apply).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Istio: the workload's labels, k=v[,k=v]; a policy's selector.matchLabels must be a subset.
+    #[arg(long, value_name = "K=V[,K=V]")]
+    labels: Option<String>,
+    /// Istio: the mesh's root namespace, whose policies apply mesh-wide.
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+    /// Istio: the mesh's trust domain (principals `cluster.local/...` are rewritten to it).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Istio: another trust domain the mesh accepts as its own; repeatable.
+    #[arg(long = "trust-domain-alias", value_name = "TD")]
+    trust_domain_aliases: Vec<String>,
+    /// Istio: leave CUSTOM (ext_authz) policies to Envoy's ext_authz instead of failing.
+    #[arg(long)]
+    ignore_custom: bool,
+}
+
+impl Workload {
+    fn options(&self, deny_warnings: bool) -> Result<CompileOptions, String> {
+        let mut labels = Vec::new();
+        for kv in self
+            .labels
+            .iter()
+            .flat_map(|l| l.split(','))
+            .filter(|kv| !kv.is_empty())
+        {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--labels: `{kv}` is not k=v"))?;
+            labels.push((k.to_owned(), v.to_owned()));
+        }
+        Ok(CompileOptions {
+            deny_warnings,
+            istio: IstioOptions {
+                namespace: self.namespace.clone(),
+                labels,
+                root_namespace: self.root_namespace.clone(),
+                trust_domain: self.trust_domain.clone(),
+                trust_domain_aliases: self.trust_domain_aliases.clone(),
+                ignore_custom: self.ignore_custom,
+            },
+        })
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -76,6 +128,8 @@ enum Command {
         /// Treat warnings as errors.
         #[arg(long)]
         deny_warnings: bool,
+        #[command(flatten)]
+        workload: Workload,
         #[arg(required = true)]
         policies: Vec<PathBuf>,
     },
@@ -86,11 +140,22 @@ enum Command {
         /// A compiled table instead of policy files.
         #[arg(long, conflicts_with = "policies")]
         table: Option<PathBuf>,
-        /// The request's Host / `:authority`. As the HCM that envoy-config generates (and the
-        /// README documents) does, a `:port` and one trailing dot are stripped before the
-        /// policies see it (`strip_any_host_port`, `strip_trailing_host_dot`).
+        /// The request's Host / `:authority`. For the guide's format, as the HCM that
+        /// envoy-config generates (and the README documents) does, a `:port` and one trailing
+        /// dot are stripped before the policies see it (`strip_any_host_port`,
+        /// `strip_trailing_host_dot`). For Istio policies nothing is stripped, as in Istio's
+        /// sidecar HCM: `example.com:8080` does not match a policy host `example.com`.
         #[arg(long)]
         host: String,
+        /// The request's `:path` (the query and fragment are not part of what policies match).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// The TLS SNI the client sent.
+        #[arg(long)]
+        sni: Option<String>,
+        /// The connection's local address.
+        #[arg(long)]
+        destination_ip: Option<IpAddr>,
         #[arg(long)]
         port: u16,
         #[arg(long)]
@@ -104,11 +169,15 @@ enum Command {
         /// several values: a DENY matches any of them, or the `,`-joined whole).
         #[arg(long = "header", value_name = "NAME:VALUE")]
         headers: Vec<String>,
+        #[command(flatten)]
+        workload: Workload,
     },
     /// Validate policies without writing anything.
     Validate {
         #[arg(long)]
         deny_warnings: bool,
+        #[command(flatten)]
+        workload: Workload,
         #[arg(required = true)]
         policies: Vec<PathBuf>,
     },
@@ -135,12 +204,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn compile(policies: &[PathBuf], deny_warnings: bool) -> Result<Compiled, String> {
-    let compiled = compile_files(policies, deny_warnings).map_err(|e| e.to_string())?;
+fn compile(policies: &[PathBuf], workload: &Workload, deny_warnings: bool) -> Result<Compiled, String> {
+    let compiled = compile_files_with(policies, &workload.options(deny_warnings)?).map_err(|e| e.to_string())?;
     for w in &compiled.warnings {
         eprintln!("{w}");
     }
+    for n in &compiled.notes {
+        eprintln!("note: {n}");
+    }
     Ok(compiled)
+}
+
+/// What Envoy's RBAC emitters cannot express yet: the table's format-2 constructs.
+fn rbac_unsupported(set: &PolicySet) -> Option<String> {
+    let p = set.policies.iter().find(|p| {
+        p.action == meshauthz_table::Action::Audit
+            || p.dry_run
+            || p.rules.iter().any(|r| {
+                r.sources.iter().any(|s| !s.conditions.is_empty())
+                    || r.destinations
+                        .iter()
+                        .any(|d| !d.conditions.is_empty() || d.hosts.is_empty() || d.ports.is_empty())
+            })
+    })?;
+    Some(format!(
+        "policy {}: --emit envoy-rbac and envoy-rbac-matcher cannot carry Istio's AUDIT, dry-run, not-lists, \
+         namespaces, paths or conditions yet; use --emit table, plugin-config or ecds",
+        p.name
+    ))
 }
 
 fn run(command: Command) -> Result<ExitCode, String> {
@@ -153,6 +244,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             filter,
             wasm,
             deny_warnings,
+            workload,
             policies,
         } => {
             // An option the output cannot carry is an error, never silently dropped.
@@ -183,7 +275,12 @@ fn run(command: Command) -> Result<ExitCode, String> {
             };
             let mode = mode.unwrap_or(Mode::Enforce);
             let xfcc = xfcc.unwrap_or(Xfcc::SanitizeSet);
-            let compiled = compile(&policies, deny_warnings)?;
+            let compiled = compile(&policies, &workload, deny_warnings)?;
+            if matches!(emit, Emit::EnvoyRbac | Emit::EnvoyRbacMatcher) {
+                if let Some(why) = rbac_unsupported(&compiled.set) {
+                    return Err(why);
+                }
+            }
             let table = compiled.table_bytes();
             let bytes = match emit {
                 Emit::Table => table,
@@ -215,9 +312,10 @@ fn run(command: Command) -> Result<ExitCode, String> {
         }
         Command::Validate {
             deny_warnings,
+            workload,
             policies,
         } => {
-            let compiled = compile(&policies, deny_warnings)?;
+            let compiled = compile(&policies, &workload, deny_warnings)?;
             println!("ok: {} policies", compiled.set.policies.len());
             Ok(ExitCode::SUCCESS)
         }
@@ -230,10 +328,20 @@ fn run(command: Command) -> Result<ExitCode, String> {
             principal,
             source_ip,
             headers,
+            path,
+            sni,
+            destination_ip,
+            workload,
         } => {
-            let bytes = match (&table, policies.is_empty()) {
-                (Some(path), _) => std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?,
-                (None, false) => compile(&policies, false)?.table_bytes(),
+            let (bytes, istio) = match (&table, policies.is_empty()) {
+                (Some(path), _) => (
+                    std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?,
+                    false,
+                ),
+                (None, false) => {
+                    let c = compile(&policies, &workload, false)?;
+                    (c.table_bytes(), c.istio)
+                }
                 (None, true) => return Err("check needs policy files or --table FILE".into()),
             };
             let table = Table::from_bytes(&bytes).map_err(|e| e.to_string())?;
@@ -247,18 +355,26 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     values[i].push(value.trim_start());
                 }
             }
+            if let Some(i) = table.header_names().iter().position(|n| n == ":path") {
+                values[i] = vec![path.as_str()];
+            }
             let slots: Vec<&[&str]> = values.iter().map(Vec::as_slice).collect();
-            let host = meshauthz_policy_compiler::hcm_host(&host);
-            let decision = table.evaluate(&Request {
-                sni: None,
-                destination_ip: None,
+            let host = if istio {
+                host.as_str()
+            } else {
+                meshauthz_policy_compiler::hcm_host(&host)
+            };
+            let request = Request {
+                sni: sni.as_deref(),
+                destination_ip,
                 principal: principal.as_deref(),
                 source_ip,
                 authority: host,
                 port,
                 method: &method,
                 headers: &slots,
-            });
+            };
+            let decision = table.evaluate(&request);
             println!("{}", if decision.allowed { "ALLOW" } else { "DENY" });
             match decision.by {
                 None => println!("policy=none"),
@@ -266,6 +382,13 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     let rule = by.rule.map_or("none".to_owned(), |r| r.to_string());
                     println!("policy={} rule={rule}", table.policy_name(by.policy));
                 }
+            }
+            let observed = table.observe(&request, &|| port);
+            if let Some(a) = observed.audit {
+                println!("audit={}", table.policy_name(a.policy));
+            }
+            if let Some(d) = observed.dry_run {
+                println!("dry_run={}", if d.allowed { "ALLOW" } else { "DENY" });
             }
             Ok(if decision.allowed {
                 ExitCode::SUCCESS

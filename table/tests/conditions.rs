@@ -129,7 +129,10 @@ fn paths_ignore_the_query_and_templates_match_segments() {
             )])],
         )],
     };
-    let path = |p| Req { path: p, ..Req::default() };
+    let path = |p| Req {
+        path: p,
+        ..Req::default()
+    };
     assert!(allowed(&set, path("/exact")));
     assert!(allowed(&set, path("/exact?x=1#f")));
     assert!(!allowed(&set, path("/exact/")));
@@ -152,7 +155,10 @@ fn hosts_compare_case_insensitively_and_keep_the_port() {
             )])],
         )],
     };
-    let host = |h| Req { host: h, ..Req::default() };
+    let host = |h| Req {
+        host: h,
+        ..Req::default()
+    };
     assert!(allowed(&set, host("svc.example")));
     assert!(allowed(&set, host("SVC.EXAMPLE")));
     assert!(allowed(&set, host("a.corp")));
@@ -260,7 +266,11 @@ fn the_decoder_refuses_a_matcher_that_does_not_suit_its_attribute() {
         policies: vec![policy(
             "port",
             Action::Allow,
-            vec![to(vec![cond(Attribute::DestinationPort, false, vec![Matcher::Port(80)])])],
+            vec![to(vec![cond(
+                Attribute::DestinationPort,
+                false,
+                vec![Matcher::Port(80)],
+            )])],
         )],
     };
     let mut bytes = wire::encode(&set);

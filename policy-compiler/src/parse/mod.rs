@@ -7,6 +7,7 @@
 use meshauthz_table::{Action, Destination, HeaderMatch, Pattern, Policy, Rule, Source};
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
+pub mod istio;
 mod reader;
 
 use crate::check;
@@ -19,6 +20,8 @@ pub(crate) struct ParsedPolicy {
     pub policy: Policy,
     pub line: usize,
     pub col: usize,
+    /// Read from Istio's format.
+    pub istio: bool,
 }
 
 const POLICY_FIELDS: &[&str] = &["name", "description", "labels", "action", "rules"];
@@ -27,12 +30,22 @@ const SOURCE_FIELDS: &[&str] = &["principals", "ipBlocks"];
 const DEST_FIELDS: &[&str] = &["hosts", "ports", "methods", "httpHeaderMatch"];
 const HEADER_FIELDS: &[&str] = &["headerName", "regexMatch"];
 
-/// Reads every policy document in `text`, reporting problems into `diags`.
-pub(crate) fn parse_file(file: &str, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<ParsedPolicy> {
+/// Reads every policy document in `text`, reporting problems into `diags` and notes (what was
+/// left out on purpose) into `notes`.
+pub(crate) fn parse_file(
+    file: &str,
+    text: &str,
+    options: &istio::IstioOptions,
+    diags: &mut Vec<Diagnostic>,
+    notes: &mut Vec<String>,
+) -> Vec<ParsedPolicy> {
     let mut p = Parser {
         file,
         diags,
         action: None,
+        istio: options,
+        istio_seen: false,
+        notes,
     };
     let docs = match MarkedYaml::load_from_str(text) {
         Ok(docs) => docs,
@@ -54,11 +67,15 @@ pub(crate) fn parse_file(file: &str, text: &str, diags: &mut Vec<Diagnostic>) ->
         if matches!(doc.data, YamlData::Value(Scalar::Null)) {
             continue; // an empty document between `---` separators
         }
-        if let Some(policy) = p.policy(doc) {
-            out.push(policy);
-        }
+        let policy = if istio::is_istio(doc) {
+            p.istio_policy(doc)
+        } else {
+            p.policy(doc)
+        };
+        out.extend(policy);
     }
-    if out.is_empty() && !p.diags.iter().any(|d| d.file == file && d.severity == Severity::Error) {
+    // Istio policies that select another workload leave nothing, and that is not an error.
+    if out.is_empty() && !p.istio_seen && !p.diags.iter().any(|d| d.file == file && d.severity == Severity::Error) {
         p.at(1, 1, "", "the file holds no AuthorizationPolicy document".into());
     }
     out
@@ -71,6 +88,9 @@ struct Parser<'a> {
     /// DENY policy (the author meant to forbid something, and forbids nothing) and a warning in
     /// an ALLOW policy (it only ever denies).
     action: Option<Action>,
+    istio: &'a istio::IstioOptions,
+    istio_seen: bool,
+    notes: &'a mut Vec<String>,
 }
 
 type Node<'n> = MarkedYaml<'n>;
@@ -163,6 +183,7 @@ impl Parser<'_> {
             },
             line,
             col,
+            istio: false,
         })
     }
 

@@ -106,10 +106,9 @@ impl Parser<'_> {
         Some(out)
     }
 
-    /// A Kubernetes-style resource (`apiVersion`, `kind`, `metadata`, `spec`) is not the guide's
-    /// format. Istio's `security.istio.io` AuthorizationPolicy gets one precise error rather than a
-    /// screenful of unknown fields: its meaning (selectors, negations, paths, JWT) is not compiled
-    /// yet, and reading only the fields the two formats share would change what the policy means.
+    /// A Kubernetes-style resource (`apiVersion`, `kind`, `metadata`, `spec`) other than Istio's
+    /// AuthorizationPolicy (read by [`super::istio`]) gets one precise error rather than a
+    /// screenful of unknown fields.
     pub(super) fn refuse_kubernetes_resource(&mut self, doc: &Node<'_>) -> bool {
         let YamlData::Mapping(map) = &doc.data else {
             return false;
@@ -131,10 +130,10 @@ impl Parser<'_> {
             Some(YamlData::Value(Scalar::String(s))) => s.as_ref(),
             _ => "",
         };
-        let message = if api_version.starts_with("security.istio.io/") && kind == "AuthorizationPolicy" {
+        let message = if api_version.starts_with("security.istio.io/") {
             format!(
-                "Istio `{api_version}` AuthorizationPolicy input is not supported yet; this compiler \
-                 reads the guide's format (name, action, rules with sources and destinations)"
+                "Istio `{api_version}` `{kind}` is not read here: this compiler reads Istio's \
+                 AuthorizationPolicy (security.istio.io/v1 or v1beta1) and the guide's format"
             )
         } else {
             format!(
