@@ -50,6 +50,10 @@ pub enum Tally {
         mode: Mode,
         /// The policy whose rule decided, if one did.
         policy: Option<u32>,
+        /// The AUDIT policy whose rule matched, if one did.
+        audit: Option<u32>,
+        /// What the dry-run policies alone decided (and by which policy), if there are any.
+        dry_run: Option<(bool, Option<u32>)>,
     },
 }
 
@@ -151,6 +155,19 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
     } else {
         None
     };
+    // Both are the connection's, asked for only when a policy looks at them. An absent SNI
+    // (plaintext, or a client that sent none) is `None`; a local address that does not parse
+    // refuses the request, as any failed host call does.
+    let sni = if config.table.uses_sni() {
+        host.property(Property::RequestedServerName)?.map(|v| text(Some(v)))
+    } else {
+        None
+    };
+    let destination_ip = if config.table.uses_destination_ip() {
+        Some(destination_ip(host)?)
+    } else {
+        None
+    };
     let values: Vec<Vec<&str>> = headers
         .values
         .iter()
@@ -158,8 +175,8 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
         .collect();
     let slots: Vec<&[&str]> = values.iter().map(Vec::as_slice).collect();
     let request = Request {
-        sni: None,
-        destination_ip: None,
+        sni: sni.as_deref(),
+        destination_ip,
         principal,
         source_ip,
         authority: &headers.authority,
@@ -176,13 +193,34 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
             0
         })
     });
+    let observed = if config.table.observes() {
+        config.table.observe(&request, &|| {
+            connection.port(host).unwrap_or_else(|e| {
+                port_failure.set(Some(e));
+                0
+            })
+        })
+    } else {
+        meshauthz_table::Observed::default()
+    };
     if let Some(e) = port_failure.take() {
         return Err(e.into());
+    }
+    if let Some(a) = observed.audit {
+        log::info!(
+            "meshauthz: audit policy={} principal={} host={} method={}",
+            config.table.policy_name(a.policy),
+            principal.unwrap_or("-"),
+            headers.authority,
+            headers.method
+        );
     }
     let tally = Tally::Decided {
         allowed: decision.allowed,
         mode: config.mode,
         policy: decision.by.map(|b| b.policy),
+        audit: observed.audit.map(|a| a.policy),
+        dry_run: observed.dry_run.map(|d| (d.allowed, d.by.map(|b| b.policy))),
     };
     if log::log_enabled!(log::Level::Debug) {
         let by = decision.by.map(|b| (config.table.policy_name(b.policy), b.rule));
@@ -318,6 +356,8 @@ impl Connection {
 
 /// The peer's address, if the HCM's `source.address` is the connection's own. An address the
 /// HCM took from a header has port 0 (headers carry no TCP port), and is refused.
+///
+/// (See [`destination_ip`] for the local side.)
 fn source_ip<H: Host>(host: &H, connection: &Connection) -> Result<IpAddr, Refusal> {
     let bytes = host.property(Property::SourceAddress)?.ok_or_else(|| HostError {
         what: Property::SourceAddress.name(),
@@ -337,6 +377,20 @@ fn source_ip<H: Host>(host: &H, connection: &Connection) -> Result<IpAddr, Refus
             Err(Refusal::SourceNotPeer)
         }
     }
+}
+
+/// The connection's local address (`destination.address`, `ip:port`).
+fn destination_ip<H: Host>(host: &H) -> Result<IpAddr, HostError> {
+    let what = Property::DestinationAddress.name();
+    let bytes = host.property(Property::DestinationAddress)?.ok_or_else(|| HostError {
+        what,
+        status: "absent".into(),
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    text.parse::<SocketAddr>().map(|a| a.ip()).map_err(|_| HostError {
+        what,
+        status: format!("`{text}` is not ip:port"),
+    })
 }
 
 /// A string property; absent reads as empty.

@@ -119,6 +119,9 @@ impl FakeHost {
             .insert(Property::SourceAddress, Some(b"127.0.0.9:40000".to_vec()));
         h.props
             .insert(Property::DestinationPort, Some(8000u64.to_le_bytes().to_vec()));
+        h.props
+            .insert(Property::DestinationAddress, Some(b"127.0.0.1:8000".to_vec()));
+        h.props.insert(Property::RequestedServerName, None);
         h.header(":authority", "service-test").header(":method", "GET")
     }
 
@@ -180,16 +183,42 @@ fn allow_all() -> PolicySet {
     }
 }
 
-/// DENY 10.0.0.0/8, ALLOW the client: every host call the decision needs is exercised.
+/// DENY 10.0.0.0/8, DENY by SNI and local address, ALLOW the client: every host call the
+/// decision needs is exercised.
 fn guarded() -> PolicySet {
+    let net = || IpNet::new("10.0.0.0".parse().unwrap(), 8).unwrap();
     let deny_net = vec![Source {
         conditions: Vec::new(),
         principals: vec![],
-        ip_blocks: vec![IpNet::new("10.0.0.0".parse().unwrap(), 8).unwrap()],
+        ip_blocks: vec![net()],
     }];
+    let deny_connection = Policy {
+        dry_run: false,
+        name: "deny-connection".into(),
+        action: Action::Deny,
+        rules: vec![Rule {
+            sources: Vec::new(),
+            destinations: vec![Destination {
+                conditions: vec![
+                    meshauthz_table::Condition {
+                        attribute: meshauthz_table::Attribute::Sni,
+                        negated: false,
+                        matchers: vec![meshauthz_table::Matcher::Exact("blocked".into())],
+                    },
+                    meshauthz_table::Condition {
+                        attribute: meshauthz_table::Attribute::DestinationIp,
+                        negated: false,
+                        matchers: vec![meshauthz_table::Matcher::Net(net())],
+                    },
+                ],
+                ..Destination::default()
+            }],
+        }],
+    };
     PolicySet {
         policies: vec![
             policy("deny-net", Action::Deny, deny_net, None),
+            deny_connection,
             policy("allow-client", Action::Allow, principals(&[CLIENT]), None),
         ],
     }

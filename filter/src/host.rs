@@ -23,10 +23,14 @@ pub enum Property {
     SourceAddress,
     /// `destination.port`: the connection's local port (u64).
     DestinationPort,
+    /// `destination.address`: the connection's local address (`ip:port`).
+    DestinationAddress,
+    /// `connection.requested_server_name`: the SNI the client sent (absent or empty without).
+    RequestedServerName,
 }
 
 impl Property {
-    pub const ALL: [Property; 8] = [
+    pub const ALL: [Property; 10] = [
         Property::ConnectionId,
         Property::Mtls,
         Property::PeerCertificateDigest,
@@ -35,6 +39,8 @@ impl Property {
         Property::LocalUriSan,
         Property::SourceAddress,
         Property::DestinationPort,
+        Property::DestinationAddress,
+        Property::RequestedServerName,
     ];
 
     /// The attribute's name, as Envoy's documentation writes it.
@@ -48,6 +54,8 @@ impl Property {
             Property::LocalUriSan => "connection.uri_san_local_certificate",
             Property::SourceAddress => "source.address",
             Property::DestinationPort => "destination.port",
+            Property::DestinationAddress => "destination.address",
+            Property::RequestedServerName => "connection.requested_server_name",
         }
     }
 

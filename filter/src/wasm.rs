@@ -162,6 +162,8 @@ impl Host for WasmHost<'_> {
             Property::LocalUriSan => b"connection\0uri_san_local_certificate",
             Property::SourceAddress => b"source\0address",
             Property::DestinationPort => b"destination\0port",
+            Property::DestinationAddress => b"destination\0address",
+            Property::RequestedServerName => b"connection\0requested_server_name",
         };
         host_result(what, abi::property(path))
     }

@@ -96,7 +96,11 @@ fn dump_condition(c: &Condition) -> Value {
             Matcher::Port(p) => json!({"port": p}),
         })
         .collect();
-    let key = if c.negated { format!("not {attribute}") } else { attribute };
+    let key = if c.negated {
+        format!("not {attribute}")
+    } else {
+        attribute
+    };
     json!({ key: matchers })
 }
 

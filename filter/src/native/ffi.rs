@@ -70,9 +70,11 @@ pub const METRICS_SUCCESS: u32 = 0;
 /// `envoy_dynamic_module_type_attribute_id` ordinals (pinned by tests against Envoy 1.40).
 pub mod attribute {
     pub const SOURCE_ADDRESS: u32 = 24;
+    pub const DESTINATION_ADDRESS: u32 = 26;
     pub const DESTINATION_PORT: u32 = 27;
     pub const CONNECTION_ID: u32 = 28;
     pub const CONNECTION_MTLS: u32 = 29;
+    pub const CONNECTION_REQUESTED_SERVER_NAME: u32 = 30;
     pub const SUBJECT_PEER_CERTIFICATE: u32 = 33;
     pub const URI_SAN_LOCAL_CERTIFICATE: u32 = 36;
     pub const SHA256_PEER_CERTIFICATE_DIGEST: u32 = 38;

@@ -152,6 +152,8 @@ impl Host for NativeHost<'_> {
             Property::LocalUriSan => self.string_attribute(attribute::URI_SAN_LOCAL_CERTIFICATE),
             Property::SourceAddress => self.string_attribute(attribute::SOURCE_ADDRESS),
             Property::DestinationPort => int(self.int_attribute(attribute::DESTINATION_PORT)),
+            Property::DestinationAddress => self.string_attribute(attribute::DESTINATION_ADDRESS),
+            Property::RequestedServerName => self.string_attribute(attribute::CONNECTION_REQUESTED_SERVER_NAME),
         })
     }
 

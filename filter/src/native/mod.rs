@@ -177,11 +177,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     }));
     match outcome {
         Ok(outcome) => {
-            let (fixed, policy) = bumps(outcome.tally);
-            let ids = fixed
-                .iter()
-                .filter_map(|&i| config.fixed.get(i))
-                .chain(policy.and_then(|p| config.per_policy.get(p as usize)));
+            let b = bumps(outcome.tally);
+            let ids = b
+                .fixed()
+                .filter_map(|i| config.fixed.get(i))
+                .chain(b.policies().filter_map(|p| config.per_policy.get(p as usize)));
             for &id in ids {
                 // SAFETY: a counter id this configuration defined; no labels.
                 unsafe { (cb.increment_counter)(filter, id, std::ptr::null(), 0, 1) };

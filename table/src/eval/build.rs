@@ -36,6 +36,7 @@ pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
         .map(|p| PolicyInfo {
             name: p.name.clone(),
             action: p.action,
+            dry_run: p.dry_run,
         })
         .collect();
     table.header_names = header_names;

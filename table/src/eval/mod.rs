@@ -87,6 +87,7 @@ impl std::error::Error for BuildError {}
 struct PolicyInfo {
     name: String,
     action: Action,
+    dry_run: bool,
 }
 
 #[derive(Debug)]
@@ -165,6 +166,11 @@ impl Table {
 
     pub fn policy_action(&self, policy: u32) -> Option<Action> {
         self.policies.get(policy as usize).map(|p| p.action)
+    }
+
+    /// Whether a policy is dry-run (evaluated and counted, never enforced).
+    pub fn policy_dry_run(&self, policy: u32) -> bool {
+        self.policies.get(policy as usize).is_some_and(|p| p.dry_run)
     }
 
     /// Decides one request.
