@@ -290,6 +290,8 @@ pub struct Hcm {
     /// [`crate::hcm::security_settings`]; only attack tests turn them off, to show what they
     /// are for.
     pub hardened: bool,
+    /// Whether a hardened HCM strips the host's port ([`crate::hcm::HostPort`]).
+    pub host_port: crate::hcm::HostPort,
 }
 
 impl Hcm {
@@ -300,6 +302,7 @@ impl Hcm {
             http_filters: Vec::new(),
             forward_client_cert: ForwardClientCert::Sanitize,
             hardened: true,
+            host_port: crate::hcm::HostPort::Strip,
         }
     }
 
@@ -316,7 +319,7 @@ impl Hcm {
             "http_filters": filters,
         });
         if self.hardened {
-            for (k, v) in crate::hcm::security_settings() {
+            for (k, v) in crate::hcm::security_settings(self.host_port) {
                 config[k] = v;
             }
         }
