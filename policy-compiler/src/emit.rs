@@ -90,6 +90,7 @@ fn dump_condition(c: &Condition) -> Value {
             Matcher::Exact(v) => json!({"exact": v}),
             Matcher::Prefix(v) => json!({"prefix": v}),
             Matcher::Suffix(v) => json!({"suffix": v}),
+            Matcher::Contains(v) => json!({"contains": v}),
             Matcher::Regex(v) => json!({"regex": v}),
             Matcher::PathTemplate(v) => json!({"template": v}),
             Matcher::Net(n) => json!({"cidr": n.to_string()}),

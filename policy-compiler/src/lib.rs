@@ -12,6 +12,7 @@ pub mod diag;
 pub mod emit;
 mod parse;
 pub mod rbac;
+mod rbac_cond;
 pub mod rbac_matcher;
 
 use std::path::Path;

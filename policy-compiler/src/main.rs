@@ -215,7 +215,7 @@ fn compile(policies: &[PathBuf], workload: &Workload, deny_warnings: bool) -> Re
     Ok(compiled)
 }
 
-/// What Envoy's RBAC emitters cannot express yet: the table's format-2 constructs.
+/// What the RBAC matcher-tree emitter cannot express yet: the table's format-2 constructs.
 fn rbac_unsupported(set: &PolicySet) -> Option<String> {
     let p = set.policies.iter().find(|p| {
         p.action == meshauthz_table::Action::Audit
@@ -228,8 +228,8 @@ fn rbac_unsupported(set: &PolicySet) -> Option<String> {
             })
     })?;
     Some(format!(
-        "policy {}: --emit envoy-rbac and envoy-rbac-matcher cannot carry Istio's AUDIT, dry-run, not-lists, \
-         namespaces, paths or conditions yet; use --emit table, plugin-config or ecds",
+        "policy {}: --emit envoy-rbac-matcher cannot carry Istio's AUDIT, dry-run, not-lists, namespaces, \
+         paths or conditions yet; use --emit envoy-rbac (the rules form) for Envoy's RBAC",
         p.name
     ))
 }
@@ -276,7 +276,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let mode = mode.unwrap_or(Mode::Enforce);
             let xfcc = xfcc.unwrap_or(Xfcc::SanitizeSet);
             let compiled = compile(&policies, &workload, deny_warnings)?;
-            if matches!(emit, Emit::EnvoyRbac | Emit::EnvoyRbacMatcher) {
+            if emit == Emit::EnvoyRbacMatcher {
                 if let Some(why) = rbac_unsupported(&compiled.set) {
                     return Err(why);
                 }
@@ -289,7 +289,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     .map_err(|e| format!("internal error: {e}"))?
                     .into_bytes(),
                 Emit::EnvoyRbac => {
-                    meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set, mode == Mode::Shadow).into_bytes()
+                    meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set, mode == Mode::Shadow)?.into_bytes()
                 }
                 Emit::EnvoyRbacMatcher => {
                     meshauthz_policy_compiler::rbac_matcher::envoy_rbac_matcher(&compiled.set, mode == Mode::Shadow)

@@ -17,60 +17,95 @@
 //! - principals: Envoy's `authenticated.principal_name` matches any URI SAN (then DNS SANs, then
 //!   the subject), not only the single URI SAN of an X.509-SVID;
 //! - the decision is the same, but which rule decided is not reported the same way.
+//!
+//! Format-2 sets (Istio input) come out as istiod writes them: an AUDIT filter (action `LOG`)
+//! first, dry-run policies under their filter's `shadow_rules` (a filter holding only dry-run
+//! policies has no `rules`, so it enforces nothing), conditions as `not_rule` / `not_id`,
+//! `url_path`, `uri_template`, `requested_server_name`, `destination_ip`.
 
 use meshauthz_table::{Action, Destination, Pattern, Policy, PolicySet, Rule, Source};
 use serde_json::{Value, json};
 
+use crate::rbac_cond::{permission_condition, principal_condition};
+
 /// The HTTP filter entries (JSON, valid YAML) to put before the router, in order. With
 /// `shadow`, the policies go under `shadow_rules`: Envoy evaluates and counts them
 /// (`shadow_allowed` / `shadow_denied` stats) and never denies, like the filter's shadow mode.
-pub fn envoy_rbac(set: &PolicySet, shadow: bool) -> String {
-    let filters: Vec<Value> = [Action::Deny, Action::Allow]
-        .into_iter()
-        .filter_map(|action| {
-            let policies: Vec<&Policy> = set.policies.iter().filter(|p| p.action == action).collect();
-            (!policies.is_empty()).then(|| rbac_filter(action, &policies, shadow))
-        })
-        .collect();
-    format!("{:#}\n", Value::Array(filters))
+/// An error names a condition Envoy's RBAC cannot hold where the policy has it.
+pub fn envoy_rbac(set: &PolicySet, shadow: bool) -> Result<String, String> {
+    let mut filters = Vec::new();
+    for action in [Action::Audit, Action::Deny, Action::Allow] {
+        let of = |dry: bool| -> Vec<&Policy> {
+            set.policies
+                .iter()
+                .filter(|p| p.action == action && p.dry_run == dry)
+                .collect()
+        };
+        let (enforced, dry) = (of(false), of(true));
+        if enforced.is_empty() && dry.is_empty() {
+            continue;
+        }
+        filters.push(rbac_filter(action, &enforced, &dry, shadow)?);
+    }
+    Ok(format!("{:#}\n", Value::Array(filters)))
 }
 
-fn rbac_filter(action: Action, policies: &[&Policy], shadow: bool) -> Value {
-    let mut map = serde_json::Map::new();
-    for p in policies {
-        if p.rules.is_empty() {
-            map.insert(
-                format!("{}/all", p.name),
-                json!({"permissions": [{"any": true}], "principals": [{"any": true}]}),
-            );
+fn rbac_filter(action: Action, enforced: &[&Policy], dry: &[&Policy], shadow: bool) -> Result<Value, String> {
+    let policies = |ps: &[&Policy]| -> Result<Value, String> {
+        let mut map = serde_json::Map::new();
+        for p in ps {
+            if p.rules.is_empty() {
+                map.insert(
+                    format!("{}/all", p.name),
+                    json!({"permissions": [{"any": true}], "principals": [{"any": true}]}),
+                );
+            }
+            for (i, rule) in p.rules.iter().enumerate() {
+                let policy = envoy_policy(rule, action).map_err(|e| format!("policy {} rule {i}: {e}", p.name))?;
+                map.insert(format!("{}/{i}", p.name), policy);
+            }
         }
-        for (i, rule) in p.rules.iter().enumerate() {
-            map.insert(format!("{}/{i}", p.name), envoy_policy(rule, action));
-        }
-    }
-    let rules = json!({"action": action.as_str(), "policies": map});
+        let envoy_action = if action == Action::Audit {
+            "LOG"
+        } else {
+            action.as_str()
+        };
+        Ok(json!({"action": envoy_action, "policies": map}))
+    };
     let mut config = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"});
-    if shadow {
-        config["shadow_rules"] = rules;
-        config["shadow_rules_stat_prefix"] = json!(format!("meshauthz_{}_", action.as_str().to_ascii_lowercase()));
+    let (enforce, observe): (Vec<&Policy>, Vec<&Policy>) = if shadow {
+        (Vec::new(), enforced.iter().chain(dry).copied().collect())
     } else {
-        config["rules"] = rules;
+        (enforced.to_vec(), dry.to_vec())
+    };
+    if !enforce.is_empty() {
+        config["rules"] = policies(&enforce)?;
     }
-    json!({"name": "envoy.filters.http.rbac", "typed_config": config})
+    if !observe.is_empty() {
+        config["shadow_rules"] = policies(&observe)?;
+        config["shadow_rules_stat_prefix"] = json!(format!("meshauthz_{}_", action.as_str().to_ascii_lowercase()));
+    }
+    Ok(json!({"name": "envoy.filters.http.rbac", "typed_config": config}))
 }
 
-fn envoy_policy(rule: &Rule, action: Action) -> Value {
+fn envoy_policy(rule: &Rule, action: Action) -> Result<Value, String> {
     let permissions: Vec<Value> = if rule.destinations.is_empty() {
         vec![json!({"any": true})]
     } else {
-        rule.destinations.iter().map(|d| permission(d, action)).collect()
+        rule.destinations
+            .iter()
+            .map(|d| permission(d, action))
+            .collect::<Result<_, _>>()?
     };
     let principals: Vec<Value> = if rule.sources.is_empty() {
         vec![json!({"any": true})]
     } else {
-        rule.sources.iter().map(principal).collect()
+        rule.sources
+            .iter()
+            .map(|s| principal(s, action))
+            .collect::<Result<_, _>>()?
     };
-    json!({"permissions": permissions, "principals": principals})
+    Ok(json!({"permissions": permissions, "principals": principals}))
 }
 
 fn or_rules(rules: Vec<Value>) -> Value {
@@ -120,11 +155,16 @@ pub(crate) fn header_match_regex(regex: &str, action: Action) -> String {
     }
 }
 
-fn permission(d: &Destination, action: Action) -> Value {
-    let mut and = vec![
-        or_rules(d.hosts.iter().map(host_rule).collect()),
-        or_rules(d.ports.iter().map(|p| json!({"destination_port": p})).collect()),
-    ];
+fn permission(d: &Destination, action: Action) -> Result<Value, String> {
+    let mut and = Vec::new();
+    if !d.hosts.is_empty() {
+        and.push(or_rules(d.hosts.iter().map(host_rule).collect()));
+    }
+    if !d.ports.is_empty() {
+        and.push(or_rules(
+            d.ports.iter().map(|p| json!({"destination_port": p})).collect(),
+        ));
+    }
     if !d.methods.is_empty() {
         and.push(or_rules(
             d.methods
@@ -136,7 +176,13 @@ fn permission(d: &Destination, action: Action) -> Value {
     if let Some(h) = &d.header {
         and.push(header_regex(&h.name, &header_match_regex(&h.regex, action)));
     }
-    json!({"and_rules": {"rules": and}})
+    for c in &d.conditions {
+        and.push(permission_condition(c, action)?);
+    }
+    Ok(match and.len() {
+        0 => json!({"any": true}),
+        _ => json!({"and_rules": {"rules": and}}),
+    })
 }
 
 fn principal_id(p: &Pattern) -> Value {
@@ -148,7 +194,7 @@ fn principal_id(p: &Pattern) -> Value {
     }
 }
 
-fn principal(s: &Source) -> Value {
+fn principal(s: &Source, action: Action) -> Result<Value, String> {
     let mut and = Vec::new();
     if !s.principals.is_empty() {
         and.push(or_ids(s.principals.iter().map(principal_id).collect()));
@@ -161,9 +207,12 @@ fn principal(s: &Source) -> Value {
                 .collect(),
         ));
     }
-    if and.len() == 1 {
-        and.into_iter().next().unwrap_or(Value::Null)
-    } else {
-        json!({"and_ids": {"ids": and}})
+    for c in &s.conditions {
+        and.push(principal_condition(c, action)?);
     }
+    Ok(match and.len() {
+        0 => json!({"any": true}),
+        1 => and.into_iter().next().unwrap_or(Value::Null),
+        _ => json!({"and_ids": {"ids": and}}),
+    })
 }

@@ -90,7 +90,7 @@ fn dumps_match_golden_files() {
         if let Err(e) = check_golden(&case.with_extension("json"), &dump) {
             failures.push(e);
         }
-        let rbac = meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set, false);
+        let rbac = meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set, false).expect("format-1 sets convert");
         if let Err(e) = check_golden(&case.with_extension("rbac.json"), &rbac) {
             failures.push(e);
         }

@@ -130,6 +130,9 @@ pub enum Matcher {
     Exact(String),
     Prefix(String),
     Suffix(String),
+    /// The literal appears anywhere in the value. Istio's namespaces are `Contains("/ns/<ns>/")`
+    /// on the principal, which the index looks up by namespace.
+    Contains(String),
     /// An RE2-style regex that must match the whole value.
     Regex(String),
     /// A path template: `/` separated segments, each a literal, `{*}` (one non-empty segment) or

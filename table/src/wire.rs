@@ -22,7 +22,7 @@
 //!             ip, 7 destination ip, 8 destination port), [header: varint name], u8 negated,
 //!             varint n (>= 1), n x matcher
 //!   matcher   u8 kind (0 present, 1 non-empty, 2 exact, 3 prefix, 4 suffix, 5 regex, 6 path
-//!             template: varint string; 7 ipnet; 8 u16 LE port)
+//!             template, 9 contains: varint string; 7 ipnet; 8 u16 LE port)
 //! ```
 //! Version 1 has no audit action, no flags and no conditions, and needs hosts and ports in
 //! every destination; version 2 relaxes that (any non-empty destination). The encoder writes
@@ -481,6 +481,7 @@ impl<'a> Reader<'a> {
             4 if string => Matcher::Suffix(self.string()?),
             5 if string => Matcher::Regex(self.string()?),
             6 if *attribute == Attribute::Path => Matcher::PathTemplate(self.string()?),
+            9 if string => Matcher::Contains(self.string()?),
             7 if !string && !port => Matcher::Net(self.ipnet()?),
             8 if port => {
                 let raw = self.take(2)?;
@@ -729,6 +730,7 @@ impl<'s> Writer<'s> {
                     Matcher::Suffix(v) => self.tagged(4, v),
                     Matcher::Regex(v) => self.tagged(5, v),
                     Matcher::PathTemplate(v) => self.tagged(6, v),
+                    Matcher::Contains(v) => self.tagged(9, v),
                     Matcher::Net(n) => {
                         self.out.push(7);
                         self.ipnet(n);

@@ -284,3 +284,73 @@ fn the_decoder_refuses_a_matcher_that_does_not_suit_its_attribute() {
     let err = wire::decode(&bytes).unwrap_err();
     assert!(err.to_string().contains("matcher kind"), "{err}");
 }
+
+#[test]
+fn namespace_conditions_are_looked_up_by_namespace() {
+    // 1,000 rules, each one namespace: a request is decided by the rule of its own namespace,
+    // including a principal with two `/ns/` segments, and an unknown namespace by none.
+    let rules = (0..1000)
+        .map(|i| Rule {
+            sources: vec![Source {
+                conditions: vec![cond(
+                    Attribute::Principal,
+                    false,
+                    vec![Matcher::Contains(format!("/ns/ns{i}/"))],
+                )],
+                ..Source::default()
+            }],
+            destinations: Vec::new(),
+        })
+        .collect();
+    let set = PolicySet {
+        policies: vec![policy("namespaces", Action::Allow, rules)],
+    };
+    let table = Table::from_bytes(&wire::encode(&set)).unwrap();
+    let decide = |p: &str| {
+        table
+            .evaluate(&Request {
+                principal: Some(p),
+                authority: "svc",
+                method: "GET",
+                ..Request::default()
+            })
+            .by
+            .and_then(|b| b.rule)
+    };
+    assert_eq!(decide("spiffe://td/ns/ns417/sa/a"), Some(417));
+    assert_eq!(decide("spiffe://td/x/ns/ns/ns/ns9/sa/a"), Some(9));
+    assert_eq!(decide("spiffe://td/ns/ns4170/sa/a"), None);
+    assert_eq!(
+        decide("spiffe://td/ns/ns417"),
+        None,
+        "the segment must be followed by `/`"
+    );
+}
+
+#[test]
+fn a_deny_path_also_holds_on_the_percent_decoded_path() {
+    let rule = |negated| {
+        to(vec![cond(
+            Attribute::Path,
+            negated,
+            vec![Matcher::Exact("/admin".into())],
+        )])
+    };
+    let deny = PolicySet {
+        policies: vec![policy("no-admin", Action::Deny, vec![rule(false)])],
+    };
+    let path = |p| Req {
+        path: p,
+        ..Req::default()
+    };
+    assert!(!allowed(&deny, path("/admin")));
+    assert!(!allowed(&deny, path("/%61dmin")));
+    assert!(!allowed(&deny, path("/%61%64min?x")));
+    assert!(allowed(&deny, path("/public")));
+    // An ALLOW sees the path as sent: `/%61dmin` is not `/admin`.
+    let allow = PolicySet {
+        policies: vec![policy("admin-only", Action::Allow, vec![rule(false)])],
+    };
+    assert!(allowed(&allow, path("/admin")));
+    assert!(!allowed(&allow, path("/%61dmin")));
+}

@@ -145,7 +145,7 @@ fn both_filter_builds_and_native_rbac_decide_alike() {
         let compiled =
             compile_sources(&[("diff.yaml".into(), yaml.clone())], false).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let plugin = plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet);
-        let rbac = envoy_rbac(&compiled.set, false);
+        let rbac = envoy_rbac(&compiled.set, false).expect("envoy-rbac");
         let matcher = envoy_rbac_matcher(&compiled.set, false);
         // `Some(build)`: meshauthz; `None`: native RBAC (`rbac`: its rules or its matcher form).
         let envoy_for = |ip: Ipv4Addr, filter: Option<Build>, rbac: &String| {

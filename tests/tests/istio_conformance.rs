@@ -1,13 +1,14 @@
 //! Conformance with Istio itself. For every case in Istio's own golden data
 //! (`../shared/istio/golden/cases.tsv`, read from there and never copied), the case's input is
 //! compiled for its workload (namespace `foo`, labels `app=httpbin,version=v1`, the case's
-//! trust domains), and one real Envoy runs three listener pairs (mTLS and plaintext) side by
-//! side: Istio's expected RBAC filters from the golden files, the meshauthz Wasm filter and the
-//! meshauthz native filter. A corpus of at least 200 requests per case, generated from the
+//! trust domains), and one real Envoy runs four listener pairs (mTLS and plaintext) side by
+//! side: Istio's expected RBAC filters from the golden files, the meshauthz Wasm filter, the
+//! meshauthz native filter, and Envoy's RBAC as `policy-compiler --emit envoy-rbac` writes the
+//! same input (the oracle for generated sets too large for golden files). A corpus of at least 200 requests per case, generated from the
 //! values the case's policies name (client certificates with those principals, namespaces and
 //! trust domains; hosts in several spellings, with ports, in mixed case; paths with queries,
 //! dot segments and template-shaped segments; methods, lowercase ones over HTTP/2; headers),
-//! must get the same status from all three.
+//! must get the same status from all four.
 //!
 //! Every listener uses Istio's sidecar HCM in what decides: the host keeps its port,
 //! `normalize_path: true`, the peer address from the connection.
@@ -26,6 +27,7 @@ use meshauthz_envoy_config::bootstrap::{Bootstrap, Cluster};
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_envoy_config::hcm::HostPort;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
+use meshauthz_policy_compiler::rbac::envoy_rbac;
 use meshauthz_policy_compiler::{CompileOptions, IstioOptions, compile_sources_with};
 use meshauthz_tests::bootstrap::{ForwardClientCert, Listener};
 use meshauthz_tests::http::{client_cert_args, curl_batch};
@@ -313,8 +315,12 @@ fn keys(docs: &[Yaml<'_>]) -> Vec<String> {
 /// Which filters a listener runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Side {
+    /// Istio's expected RBAC filters, from the golden files.
     Istio,
+    /// The meshauthz filter.
     Filter(Build),
+    /// `policy-compiler --emit envoy-rbac` of the same input: Envoy's RBAC as meshauthz writes it.
+    OurRbac,
 }
 
 fn options(case: &Case) -> CompileOptions {
@@ -372,6 +378,7 @@ fn istio_golden_cases_decide_as_istios_rbac_does() {
         }
         let compiled = compiled.unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let plugin = plugin_config(&compiled.table_bytes(), Mode::Enforce, Xfcc::SanitizeSet);
+        let our_rbac = envoy_rbac(&compiled.set, false).unwrap_or_else(|e| panic!("{}: envoy-rbac: {e}", case.name));
         let rbac: Vec<Value> = case
             .expected
             .iter()
@@ -391,7 +398,12 @@ fn istio_golden_cases_decide_as_istios_rbac_does() {
                 .and_then(|c| c.write_to(&cdir.join(format!("id{i}"))))
                 .unwrap_or_else(|e| panic!("{id}: {e}"));
         }
-        let sides = [Side::Istio, Side::Filter(Build::Wasm), Side::Filter(Build::Native)];
+        let sides = [
+            Side::Istio,
+            Side::Filter(Build::Wasm),
+            Side::Filter(Build::Native),
+            Side::OurRbac,
+        ];
         let ports: Vec<(u16, u16)> = sides
             .iter()
             .map(|_| (free_port(Ipv4Addr::LOCALHOST), free_port(Ipv4Addr::LOCALHOST)))
@@ -405,12 +417,16 @@ fn istio_golden_cases_decide_as_istios_rbac_does() {
                     port,
                     tls: tls.then(|| server.clone()),
                     plugin_config: matches!(side, Side::Filter(_)).then(|| plugin.clone()),
-                    rbac_filters: (*side == Side::Istio).then(|| Value::Array(rbac.clone()).to_string()),
+                    rbac_filters: match side {
+                        Side::Istio => Some(Value::Array(rbac.clone()).to_string()),
+                        Side::OurRbac => Some(our_rbac.clone()),
+                        Side::Filter(_) => None,
+                    },
                     forward_client_cert: ForwardClientCert::Sanitize,
                     hardened: true,
                     build: match side {
                         Side::Filter(b) => *b,
-                        Side::Istio => Build::Wasm,
+                        _ => Build::Wasm,
                     },
                     faults: false,
                     ecds: None,

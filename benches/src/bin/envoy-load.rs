@@ -297,7 +297,7 @@ fn filters_for(v: Variant, args: &Args, w: Workload, rules: usize, port: u16) ->
         Variant::NoFilter => Vec::new(),
         Variant::NativeRbac => {
             let filters: Vec<serde_json::Value> =
-                serde_json::from_str(&envoy_rbac(&compiled.set, false)).map_err(|e| e.to_string())?;
+                serde_json::from_str(&envoy_rbac(&compiled.set, false)?).map_err(|e| e.to_string())?;
             filters.into_iter().map(HttpFilter::Raw).collect()
         }
         Variant::RbacMatcher => {

@@ -115,6 +115,29 @@ fn engine(set: &PolicySet, header_names: &mut Vec<String>, select: fn(&Policy) -
     })
 }
 
+/// The literals of the first positive principal condition whose every matcher the principal
+/// index can look up: a request matching the condition then finds one of their keys.
+fn indexable_principals(conds: &[Condition]) -> Option<Vec<(LitKind, &str)>> {
+    conds
+        .iter()
+        .filter(|c| c.attribute == Attribute::Principal && !c.negated)
+        .find_map(|c| {
+            c.matchers
+                .iter()
+                .map(|m| match m {
+                    Matcher::Exact(v) => Some((LitKind::Exact, v.as_str())),
+                    Matcher::Prefix(v) if !v.is_empty() => Some((LitKind::Prefix, v.as_str())),
+                    Matcher::Suffix(v) if !v.is_empty() => Some((LitKind::Suffix, v.as_str())),
+                    Matcher::Contains(v) if super::keys::is_namespace_literal(v.as_bytes()) => {
+                        Some((LitKind::Contains, v.as_str()))
+                    }
+                    Matcher::NonEmpty | Matcher::Present => Some((LitKind::Any, "")),
+                    _ => None,
+                })
+                .collect()
+        })
+}
+
 #[derive(Default)]
 struct Builder {
     rules: Vec<RuleInfo>,
@@ -167,10 +190,21 @@ impl Builder {
                 ip_blocks: self.pool.push_cidrs(&s.ip_blocks),
                 conditions,
             };
-            // Only conditions: nothing to look up, so the clause is a candidate for every
-            // request (its conditions then decide).
+            // Only conditions: looked up by the first positive principal condition the index
+            // can hold (Istio's namespaces, exact and affix principals), else a candidate for
+            // every request (its conditions then decide).
             if clause.principals.is_empty() && clause.ip_blocks.is_empty() {
-                src_keys.push((id, ALWAYS));
+                match indexable_principals(&s.conditions) {
+                    Some(lits) => {
+                        for (kind, lit) in lits {
+                            src_keys.push((
+                                id,
+                                self.principal_keys.intern(kind, lit.as_bytes(), &mut self.next_src_key),
+                            ));
+                        }
+                    }
+                    None => src_keys.push((id, ALWAYS)),
+                }
             }
             // Principals are the selective part when present; IP blocks are then checked on
             // the clause itself.
@@ -295,6 +329,7 @@ impl Builder {
                     (Matcher::Exact(v), true) => Check::Lit(self.pool.lit(LitKind::Exact, v, lowercase)),
                     (Matcher::Prefix(v), true) => Check::Lit(self.pool.lit(LitKind::Prefix, v, lowercase)),
                     (Matcher::Suffix(v), true) => Check::Lit(self.pool.lit(LitKind::Suffix, v, lowercase)),
+                    (Matcher::Contains(v), true) => Check::Lit(self.pool.lit(LitKind::Contains, v, lowercase)),
                     (Matcher::Regex(re), true) => Check::Regex(self.regex(re, policy, "condition regex")?),
                     (Matcher::PathTemplate(t), true) if c.attribute == Attribute::Path => {
                         let re = template_regex(t).ok_or_else(|| BuildError {
@@ -324,7 +359,7 @@ impl Builder {
                 slot,
                 negated: c.negated,
                 checks: self.pool.push_checks(checks),
-                any_value: deny && !c.negated && matches!(c.attribute, Attribute::Header(_)),
+                any_value: deny && !c.negated && matches!(c.attribute, Attribute::Header(_) | Attribute::Path),
             });
         }
         Ok(self.pool.push_conds(out))

@@ -65,6 +65,8 @@ pub(crate) enum LitKind {
     Exact,
     Prefix,
     Suffix,
+    /// Conditions only: the literal appears anywhere.
+    Contains,
 }
 
 /// A pattern whose literal lives in the pool's bytes.
@@ -221,6 +223,7 @@ impl Pool {
             LitKind::Exact => v == s,
             LitKind::Prefix => v.starts_with(s),
             LitKind::Suffix => v.ends_with(s),
+            LitKind::Contains => s.is_empty() || v.windows(s.len()).any(|w| w == s),
         }
     }
 

@@ -40,7 +40,9 @@ pub(crate) struct CondCheck {
     pub negated: bool,
     pub checks: Span,
     /// In a DENY policy a positive header condition also holds when any single value of a
-    /// repeated header matches (the trust rule for `httpHeaderMatch`).
+    /// repeated header matches (the trust rule for `httpHeaderMatch`), and a positive path
+    /// condition also holds on the percent-decoded path, so `/%61dmin` cannot dodge a DENY of
+    /// `/admin` behind a backend that decodes.
     pub any_value: bool,
 }
 
@@ -67,7 +69,10 @@ impl CondCheck {
                 };
                 match values {
                     [] => false,
-                    [one] if is_path => text(path_only(one).as_bytes()),
+                    [one] if is_path => {
+                        let path = path_only(one);
+                        text(path.as_bytes()) || (self.any_value && percent_decoded(path).is_some_and(|d| text(&d)))
+                    }
                     [one] => text(one.as_bytes()),
                     many => {
                         (self.any_value && many.iter().any(|v| text(v.as_bytes()))) || text(many.join(",").as_bytes())
@@ -88,6 +93,34 @@ impl CondCheck {
             }
         }
     }
+}
+
+/// The path with every `%XX` decoded; `None` when it has none.
+fn percent_decoded(path: &str) -> Option<Vec<u8>> {
+    let b = path.as_bytes();
+    if !b.contains(&b'%') {
+        return None;
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// The path a `url_path` matcher sees: without the query and the fragment.
@@ -159,6 +192,13 @@ mod tests {
         assert!(!full(&template_regex("/a.b").unwrap(), "/aXb"));
         assert_eq!(template_regex("/x{*}"), None);
         assert_eq!(template_regex("/{a}"), None);
+    }
+
+    #[test]
+    fn percent_decoding_for_deny_paths() {
+        assert_eq!(percent_decoded("/%61dmin").as_deref(), Some(&b"/admin"[..]));
+        assert_eq!(percent_decoded("/a%2Fb%zz%4").as_deref(), Some(&b"/a/b%zz%4"[..]));
+        assert_eq!(percent_decoded("/plain"), None);
     }
 
     #[test]

@@ -59,6 +59,15 @@ pub(crate) struct PatternKeys {
     prefix_lens: Vec<(usize, LengthFilter)>,
     suffix_lens: Vec<(usize, LengthFilter)>,
     any: Option<u32>,
+    /// `Contains("/ns/<ns>/")` literals (Istio's namespaces, on principals): a value is looked
+    /// up once per `/ns/` segment it has.
+    namespace: FastMap<Box<[u8]>, u32>,
+}
+
+/// Whether a literal is `/ns/<ns>/` with one non-empty segment, the only `Contains` shape the
+/// index looks up.
+pub(crate) fn is_namespace_literal(lit: &[u8]) -> bool {
+    lit.len() > 5 && lit.starts_with(b"/ns/") && lit.ends_with(b"/") && !lit[4..lit.len() - 1].contains(&b'/')
 }
 
 /// A one-hash Bloom filter over the literals of one length, about 8 bits per literal, so that
@@ -109,6 +118,7 @@ impl PatternKeys {
             LitKind::Exact => &mut self.exact,
             LitKind::Prefix => &mut self.prefix,
             LitKind::Suffix => &mut self.suffix,
+            LitKind::Contains => &mut self.namespace,
         };
         // Look up before inserting: most literals repeat, and a hit then copies nothing.
         if let Some(&k) = map.get(bytes) {
@@ -168,7 +178,23 @@ impl PatternKeys {
                 }
             }
         }
+        if !self.namespace.is_empty() {
+            // Every `/ns/<segment>/` in the value, overlapping ones included.
+            let mut from = 0;
+            while let Some(at) = find(&v[from..], b"/ns/").map(|i| i + from) {
+                if let Some(end) = v[at + 4..].iter().position(|&b| b == b'/') {
+                    if let Some(&k) = self.namespace.get(&v[at..at + 4 + end + 1]) {
+                        out.push(k);
+                    }
+                }
+                from = at + 1;
+            }
+        }
     }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// CIDRs -> key numbers, one map per prefix length.

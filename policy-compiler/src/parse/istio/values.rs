@@ -69,8 +69,12 @@ pub fn principal_pattern(m: &Matcher) -> Option<Pattern> {
     }
 }
 
-/// `namespaces` / `source.namespace`: `.*/ns/<ns>/.*`, each `*` in the value a `.*`.
+/// `namespaces` / `source.namespace`: `.*/ns/<ns>/.*`, each `*` in the value a `.*`. Without
+/// a `*` that is "contains `/ns/<ns>/`", which the table indexes.
 pub fn namespace_matcher(value: &str) -> Matcher {
+    if !value.contains('*') {
+        return Matcher::Contains(format!("/ns/{value}/"));
+    }
     let ns: Vec<String> = value.split('*').map(regex::escape).collect();
     Matcher::Regex(format!(".*/ns/{}/.*", ns.join(".*")))
 }
@@ -188,6 +192,7 @@ mod tests {
     #[test]
     fn namespace_and_service_account_regexes() {
         assert_eq!(namespace_matcher("a*b"), Matcher::Regex(".*/ns/a.*b/.*".into()));
+        assert_eq!(namespace_matcher("foo"), Matcher::Contains("/ns/foo/".into()));
         assert_eq!(
             service_account_matcher("sa", "foo"),
             Matcher::Regex("spiffe://.+/ns/foo/(.+/|)sa/sa(/.+)?".into())
