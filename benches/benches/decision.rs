@@ -92,6 +92,66 @@ fn decisions(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same measurement for Istio-shaped policies (namespaces, paths, notPaths, templates,
+/// a header condition): the table's format-2 conditions on top of the index.
+fn istio_decisions(c: &mut Criterion) {
+    use meshauthz_benches::istio::{compile_istio, istio_workload};
+    let mut group = c.benchmark_group("decision_istio");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for &n in SIZES {
+        let w = istio_workload(n, 42, 256);
+        let bytes = compile_istio(&w);
+        let table = Table::from_bytes(&bytes).expect("loads");
+        let names = table.header_names();
+        let slots: Vec<Vec<Vec<&str>>> = w
+            .requests
+            .iter()
+            .map(|r| {
+                names
+                    .iter()
+                    .map(|h| match h.as_str() {
+                        ":path" => vec![r.path.as_str()],
+                        "x-tenant" => r.tenant.iter().map(String::as_str).collect(),
+                        _ => Vec::new(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let slot_refs: Vec<Vec<&[&str]>> = slots.iter().map(|s| s.iter().map(Vec::as_slice).collect()).collect();
+        let requests: Vec<Request<'_>> = w
+            .requests
+            .iter()
+            .zip(&slot_refs)
+            .map(|(r, h)| Request {
+                principal: r.principal.as_deref(),
+                authority: &r.host,
+                port: 8080,
+                method: &r.method,
+                headers: h,
+                ..Request::default()
+            })
+            .collect();
+        let allowed = requests.iter().filter(|r| table.evaluate(r).allowed).count();
+        assert!(
+            allowed > requests.len() / 4 && allowed <= requests.len() / 2 + 1,
+            "the Istio workload allows the requests built to match ({allowed} of {})",
+            requests.len()
+        );
+        group.throughput(Throughput::Elements(1));
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::new("table", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % requests.len();
+                black_box(table.evaluate(black_box(&requests[i])))
+            })
+        });
+        println!("istio_table_bytes/{n}: {} (yaml {} bytes)", bytes.len(), w.yaml.len());
+    }
+    group.finish();
+}
+
 fn compiles(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile");
     group
@@ -111,5 +171,5 @@ fn compiles(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decisions, compiles);
+criterion_group!(benches, decisions, istio_decisions, compiles);
 criterion_main!(benches);

@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod istio;
 pub mod linear;
 #[path = "../../table/tests/support/reference.rs"]
 pub mod reference;

@@ -16,16 +16,20 @@ fuzz_target!(|data: &[u8]| {
     }
     for bytes in [data, &fixed[..]] {
         if let Ok(table) = Table::from_bytes(bytes) {
-            let values: &[&str] = &["x", "y"];
+            let values: &[&str] = &["/x%2F/../y//z?q", "y"];
             let headers = vec![values; table.header_names().len()];
-            let _ = table.evaluate(&Request {
-                principal: Some("spiffe://td/ns/a/sa/b"),
+            let request = Request {
+                principal: Some("spiffe://td/ns/a/ns/b/sa/c"),
                 source_ip: Some([10, 0, 0, 1].into()),
                 authority: "Service-Test:8000",
                 port: 8000,
                 method: "GET",
                 headers: &headers,
-            });
+                sni: Some("service-test"),
+                destination_ip: Some([127, 0, 0, 1].into()),
+            };
+            let _ = table.evaluate(&request);
+            let _ = table.observe(&request, &|| 8000);
         }
     }
 });

@@ -88,6 +88,24 @@ fn micro() -> String {
     ) {
         let _ = writeln!(s, "\ndecision(100k) / decision(10) = {:.2}", a / b);
     }
+    let _ = writeln!(
+        s,
+        "\nIstio-shaped policies (`meshauthz_benches::istio`: exact principals and namespaces, hosts, path \
+         prefixes, notPaths, `{{*}}` templates, a header condition, DENY of `/admin/*` from untrusted \
+         namespaces), compiled for one workload:\n"
+    );
+    let _ = writeln!(s, "| rules | decision (table) |");
+    let _ = writeln!(s, "|---:|---:|");
+    for &n in SIZES {
+        let t = median_ns("decision_istio", "table", n);
+        let _ = writeln!(s, "| {n} | {} |", t.map_or("-".to_owned(), human_ns));
+    }
+    if let (Some(a), Some(b)) = (
+        median_ns("decision_istio", "table", 100_000),
+        median_ns("decision_istio", "table", 10),
+    ) {
+        let _ = writeln!(s, "\nIstio decision(100k) / decision(10) = {:.2}", a / b);
+    }
     s
 }
 

@@ -41,8 +41,9 @@ pub(crate) struct CondCheck {
     pub checks: Span,
     /// In a DENY policy a positive header condition also holds when any single value of a
     /// repeated header matches (the trust rule for `httpHeaderMatch`), and a positive path
-    /// condition also holds on the percent-decoded path, so `/%61dmin` cannot dodge a DENY of
-    /// `/admin` behind a backend that decodes.
+    /// condition also holds on the path percent-decoded, with repeated slashes merged, or both,
+    /// so `/%61dmin` or `//admin` cannot dodge a DENY of `/admin` behind a backend that
+    /// decodes or merges.
     pub any_value: bool,
 }
 
@@ -71,7 +72,7 @@ impl CondCheck {
                     [] => false,
                     [one] if is_path => {
                         let path = path_only(one);
-                        text(path.as_bytes()) || (self.any_value && percent_decoded(path).is_some_and(|d| text(&d)))
+                        text(path.as_bytes()) || (self.any_value && deny_variants(path.as_bytes(), &text))
                     }
                     [one] => text(one.as_bytes()),
                     many => {
@@ -95,9 +96,33 @@ impl CondCheck {
     }
 }
 
+/// Whether `test` holds on the path percent-decoded, slash-merged, or both (the raw path is
+/// tested by the caller). Costs nothing for a path with neither `%` nor `//`.
+fn deny_variants(path: &[u8], test: &dyn Fn(&[u8]) -> bool) -> bool {
+    let decoded = percent_decoded(path);
+    let base = decoded.as_deref().unwrap_or(path);
+    decoded.as_deref().is_some_and(test) || merged_slashes(base).is_some_and(|m| test(&m)) || {
+        // `%2F%2F` decodes into `//`; a raw `//` next to an encoded one is covered above.
+        decoded.is_some() && merged_slashes(path).is_some_and(|m| test(&m))
+    }
+}
+
+/// The path with runs of `/` made one; `None` when it has none.
+fn merged_slashes(path: &[u8]) -> Option<Vec<u8>> {
+    if !path.windows(2).any(|w| w == b"//") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for &c in path {
+        if !(c == b'/' && out.last() == Some(&b'/')) {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
 /// The path with every `%XX` decoded; `None` when it has none.
-fn percent_decoded(path: &str) -> Option<Vec<u8>> {
-    let b = path.as_bytes();
+fn percent_decoded(b: &[u8]) -> Option<Vec<u8>> {
     if !b.contains(&b'%') {
         return None;
     }
@@ -196,9 +221,15 @@ mod tests {
 
     #[test]
     fn percent_decoding_for_deny_paths() {
-        assert_eq!(percent_decoded("/%61dmin").as_deref(), Some(&b"/admin"[..]));
-        assert_eq!(percent_decoded("/a%2Fb%zz%4").as_deref(), Some(&b"/a/b%zz%4"[..]));
-        assert_eq!(percent_decoded("/plain"), None);
+        assert_eq!(percent_decoded(b"/%61dmin").as_deref(), Some(&b"/admin"[..]));
+        assert_eq!(percent_decoded(b"/a%2Fb%zz%4").as_deref(), Some(&b"/a/b%zz%4"[..]));
+        assert_eq!(percent_decoded(b"/plain"), None);
+        assert_eq!(merged_slashes(b"//a///b/").as_deref(), Some(&b"/a/b/"[..]));
+        assert_eq!(merged_slashes(b"/a/b"), None);
+        let is_admin = |p: &[u8]| p == b"/admin";
+        assert!(deny_variants(b"//admin", &is_admin));
+        assert!(deny_variants(b"/%2F%61dmin", &is_admin));
+        assert!(!deny_variants(b"/public", &is_admin));
     }
 
     #[test]
