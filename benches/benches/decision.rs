@@ -47,6 +47,7 @@ fn decisions(c: &mut Criterion) {
             .map(|(r, h)| Request {
                 sni: None,
                 destination_ip: None,
+                remote_ip: None,
                 principal: r.principal.as_deref(),
                 source_ip: r.source_ip,
                 authority: &r.authority,

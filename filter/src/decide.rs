@@ -168,6 +168,13 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
     } else {
         None
     };
+    // Istio's `remoteIpBlocks`: the address the HCM settled on, taken as it is (from
+    // `x-forwarded-for` too, as far as the HCM trusts it); `ipBlocks` never take it so.
+    let remote_ip = if config.table.uses_remote_ip() {
+        Some(address(host, Property::SourceAddress)?)
+    } else {
+        None
+    };
     let values: Vec<Vec<&str>> = headers
         .values
         .iter()
@@ -177,6 +184,7 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
     let request = Request {
         sni: sni.as_deref(),
         destination_ip,
+        remote_ip,
         principal,
         source_ip,
         authority: &headers.authority,
@@ -381,8 +389,13 @@ fn source_ip<H: Host>(host: &H, connection: &Connection) -> Result<IpAddr, Refus
 
 /// The connection's local address (`destination.address`, `ip:port`).
 fn destination_ip<H: Host>(host: &H) -> Result<IpAddr, HostError> {
-    let what = Property::DestinationAddress.name();
-    let bytes = host.property(Property::DestinationAddress)?.ok_or_else(|| HostError {
+    address(host, Property::DestinationAddress)
+}
+
+/// An `ip:port` property's address.
+fn address<H: Host>(host: &H, property: Property) -> Result<IpAddr, HostError> {
+    let what = property.name();
+    let bytes = host.property(property)?.ok_or_else(|| HostError {
         what,
         status: "absent".into(),
     })?;

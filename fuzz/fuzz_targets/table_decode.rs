@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
                 headers: &headers,
                 sni: Some("service-test"),
                 destination_ip: Some([127, 0, 0, 1].into()),
+                remote_ip: None,
             };
             let _ = table.evaluate(&request);
             let _ = table.observe(&request, &|| 8000);

@@ -80,6 +80,7 @@ fn dump_condition(c: &Condition) -> Value {
         Attribute::SourceIp => "sourceIp".to_owned(),
         Attribute::DestinationIp => "destinationIp".to_owned(),
         Attribute::DestinationPort => "destinationPort".to_owned(),
+        Attribute::RemoteIp => "remoteIp".to_owned(),
     };
     let matchers: Vec<Value> = c
         .matchers

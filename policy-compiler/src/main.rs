@@ -156,6 +156,10 @@ enum Command {
         /// The connection's local address.
         #[arg(long)]
         destination_ip: Option<IpAddr>,
+        /// Istio `remoteIpBlocks`: the original client address as the HCM computes it from
+        /// `x-forwarded-for` (default: `--source-ip`).
+        #[arg(long)]
+        remote_ip: Option<IpAddr>,
         #[arg(long)]
         port: u16,
         #[arg(long)]
@@ -217,16 +221,7 @@ fn compile(policies: &[PathBuf], workload: &Workload, deny_warnings: bool) -> Re
 
 /// What the RBAC matcher-tree emitter cannot express yet: the table's format-2 constructs.
 fn rbac_unsupported(set: &PolicySet) -> Option<String> {
-    let p = set.policies.iter().find(|p| {
-        p.action == meshauthz_table::Action::Audit
-            || p.dry_run
-            || p.rules.iter().any(|r| {
-                r.sources.iter().any(|s| !s.conditions.is_empty())
-                    || r.destinations
-                        .iter()
-                        .any(|d| !d.conditions.is_empty() || d.hosts.is_empty() || d.ports.is_empty())
-            })
-    })?;
+    let p = set.policies.iter().find(|p| meshauthz_table::wire::needs_format_2(p))?;
     Some(format!(
         "policy {}: --emit envoy-rbac-matcher cannot carry Istio's AUDIT, dry-run, not-lists, namespaces, \
          paths or conditions yet; use --emit envoy-rbac (the rules form) for Envoy's RBAC",
@@ -331,6 +326,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             path,
             sni,
             destination_ip,
+            remote_ip,
             workload,
         } => {
             let (bytes, istio) = match (&table, policies.is_empty()) {
@@ -367,6 +363,8 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let request = Request {
                 sni: sni.as_deref(),
                 destination_ip,
+                // Without proxies in front, the original client is the peer.
+                remote_ip: remote_ip.or(source_ip),
                 principal: principal.as_deref(),
                 source_ip,
                 authority: host,

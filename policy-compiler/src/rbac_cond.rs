@@ -122,6 +122,10 @@ fn one(attribute: &Attribute, m: &Matcher, action: Action, negated: bool, side: 
             Matcher::Net(n) => Some(json!({"direct_remote_ip": cidr(n)})),
             _ => None,
         },
+        (Attribute::RemoteIp, Side::Principal) => match m {
+            Matcher::Net(n) => Some(json!({"remote_ip": cidr(n)})),
+            _ => None,
+        },
         (Attribute::DestinationIp, Side::Permission) => match m {
             Matcher::Net(n) => Some(json!({"destination_ip": cidr(n)})),
             _ => None,

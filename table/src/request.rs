@@ -28,6 +28,9 @@ pub struct Request<'a> {
     /// The connection's local address; read only when
     /// [`Table::uses_destination_ip`](crate::Table::uses_destination_ip).
     pub destination_ip: Option<IpAddr>,
+    /// The original client address as the HCM computed it; read only when
+    /// [`Table::uses_remote_ip`](crate::Table::uses_remote_ip).
+    pub remote_ip: Option<IpAddr>,
 }
 
 /// Which policy rule decided. `rule` is `None` for a policy without rules (it matches all).

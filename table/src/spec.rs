@@ -108,6 +108,10 @@ pub enum Attribute {
     DestinationIp,
     /// The connection's local port.
     DestinationPort,
+    /// The original client address as the HCM computed it (`source.address`): the peer under
+    /// `use_remote_address: true` with no trusted hops, else what `x-forwarded-for` and the
+    /// trusted hops say. Istio's `remoteIpBlocks`; trust it only as far as the HCM's XFF setup.
+    RemoteIp,
 }
 
 impl Attribute {
@@ -115,7 +119,7 @@ impl Attribute {
     pub fn is_string(&self) -> bool {
         !matches!(
             self,
-            Attribute::SourceIp | Attribute::DestinationIp | Attribute::DestinationPort
+            Attribute::SourceIp | Attribute::DestinationIp | Attribute::DestinationPort | Attribute::RemoteIp
         )
     }
 }

@@ -19,7 +19,8 @@
 //!   pattern   u8 kind (0 any, 1 exact, 2 prefix, 3 suffix), [varint literal]
 //!   ipnet     u8 family (4, 6), u8 prefix_len, 4 or 16 address bytes
 //!   condition u8 attribute (0 principal, 1 host, 2 method, 3 path, 4 sni, 5 header, 6 source
-//!             ip, 7 destination ip, 8 destination port), [header: varint name], u8 negated,
+//!             ip, 7 destination ip, 8 destination port, 9 remote ip), [header: varint name],
+//!             u8 negated,
 //!             varint n (>= 1), n x matcher
 //!   matcher   u8 kind (0 present, 1 non-empty, 2 exact, 3 prefix, 4 suffix, 5 regex, 6 path
 //!             template, 9 contains: varint string; 7 ipnet; 8 u16 LE port)
@@ -432,6 +433,7 @@ impl<'a> Reader<'a> {
             6 => Attribute::SourceIp,
             7 => Attribute::DestinationIp,
             8 => Attribute::DestinationPort,
+            9 => Attribute::RemoteIp,
             value => {
                 return Err(DecodeError::BadEnum {
                     offset: at,
@@ -596,16 +598,20 @@ pub fn encode(set: &PolicySet) -> Vec<u8> {
 /// Whether the set uses anything version 1 cannot hold.
 #[cfg(feature = "encode")]
 fn needs_v2(set: &PolicySet) -> bool {
-    set.policies.iter().any(|p| {
-        p.action == Action::Audit
-            || p.dry_run
-            || p.rules.iter().any(|r| {
-                r.sources.iter().any(|s| !s.conditions.is_empty())
-                    || r.destinations
-                        .iter()
-                        .any(|d| !d.conditions.is_empty() || d.hosts.is_empty() || d.ports.is_empty())
-            })
-    })
+    set.policies.iter().any(needs_format_2)
+}
+
+/// Whether a policy uses anything format 1 cannot hold (AUDIT, dry-run, conditions, a
+/// destination without hosts or ports).
+pub fn needs_format_2(p: &Policy) -> bool {
+    p.action == Action::Audit
+        || p.dry_run
+        || p.rules.iter().any(|r| {
+            r.sources.iter().any(|s| !s.conditions.is_empty())
+                || r.destinations
+                    .iter()
+                    .any(|d| !d.conditions.is_empty() || d.hosts.is_empty() || d.ports.is_empty())
+        })
 }
 
 #[cfg(feature = "encode")]
@@ -718,6 +724,7 @@ impl<'s> Writer<'s> {
                 Attribute::SourceIp => self.out.push(6),
                 Attribute::DestinationIp => self.out.push(7),
                 Attribute::DestinationPort => self.out.push(8),
+                Attribute::RemoteIp => self.out.push(9),
             }
             self.out.push(u8::from(c.negated));
             self.len(c.matchers.len());

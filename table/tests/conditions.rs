@@ -354,3 +354,37 @@ fn a_deny_path_also_holds_on_the_percent_decoded_path() {
     assert!(allowed(&allow, path("/admin")));
     assert!(!allowed(&allow, path("/%61dmin")));
 }
+
+#[test]
+fn remote_ip_is_its_own_attribute() {
+    let net = IpNet::new([203, 0, 113, 0].into(), 24).unwrap();
+    let set = PolicySet {
+        policies: vec![policy(
+            "remote",
+            Action::Allow,
+            vec![Rule {
+                sources: vec![Source {
+                    conditions: vec![cond(Attribute::RemoteIp, false, vec![Matcher::Net(net)])],
+                    ..Source::default()
+                }],
+                destinations: Vec::new(),
+            }],
+        )],
+    };
+    let table = Table::from_bytes(&wire::encode(&set)).unwrap();
+    assert!(table.uses_remote_ip() && !table.uses_source_ip());
+    let decide = |remote: Option<IpAddr>, source: Option<IpAddr>| {
+        table
+            .evaluate(&Request {
+                authority: "svc",
+                method: "GET",
+                remote_ip: remote,
+                source_ip: source,
+                ..Request::default()
+            })
+            .allowed
+    };
+    assert!(decide(Some([203, 0, 113, 9].into()), Some([127, 0, 0, 1].into())));
+    assert!(!decide(Some([198, 51, 100, 9].into()), Some([203, 0, 113, 9].into())));
+    assert!(!decide(None, None));
+}

@@ -140,6 +140,24 @@ pub fn filter_faults_wasm() -> PathBuf {
     path
 }
 
+/// The tests' deterministic generator (xorshift): a seed gives the same corpus on every run.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n` (0 when `n` is 0).
+    pub fn next(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+
+    pub fn pick<'a, T: ?Sized>(&mut self, from: &'a [&'a T]) -> &'a T {
+        from[self.next(from.len())]
+    }
+}
+
 /// Polls `done` every 200 ms until it holds; panics with `what()` after `limit`.
 pub fn wait_until(limit: std::time::Duration, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
     let deadline = std::time::Instant::now() + limit;

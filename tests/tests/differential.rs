@@ -16,7 +16,7 @@ use meshauthz_policy_compiler::rbac_matcher::envoy_rbac_matcher;
 use meshauthz_policy_compiler::{compile_sources, rbac::envoy_rbac};
 use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, bootstrap};
 use meshauthz_tests::http::client_cert_args;
-use meshauthz_tests::{Build, Echo, Envoy, curl, filter_wasm};
+use meshauthz_tests::{Build, Echo, Envoy, Rng, curl, filter_wasm};
 
 const TD: &str = "diff.example";
 const CLIENTS: &[&str] = &[
@@ -33,21 +33,6 @@ const HOSTS: &[&str] = &[
     "svcz",
 ];
 const METHODS: &[&str] = &["GET", "POST", "PUT"];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.next(from.len())]
-    }
-}
 
 /// A block of loopback addresses with `ports` free on both proxy addresses.
 fn addresses() -> ([Ipv4Addr; 6], [u16; 3]) {

@@ -3,6 +3,9 @@
 //! path a DENY forbids, to use a host or method an ALLOW does not name, or to get by without a
 //! certificate. The HCM is Istio's sidecar model (the host keeps its port, `normalize_path`).
 //!
+//! `remoteIpBlocks` match the address the HCM settled on: with this project's HCM (no trusted
+//! hops) the peer, whatever `x-forwarded-for` says.
+//!
 //! Where meshauthz denies what Istio's own RBAC lets through (SEMANTICS.md, "Istio input"): a
 //! DENY's path also holds on the percent-decoded and the slash-merged path, so `/%61dmin` and
 //! `//admin` are denied like `/admin` whatever the backend does with them.
@@ -26,6 +29,7 @@ spec:
   action: DENY
   rules:
   - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
+  - from: [{source: {remoteIpBlocks: ["127.0.0.2/32", "8.8.8.8"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -137,6 +141,29 @@ fn istio_policies_hold_against_path_host_and_method_tricks(build: Build) {
                 );
             }
         }
+        // remoteIpBlocks: the address the HCM settled on. This HCM trusts no hop, so a forged
+        // `x-forwarded-for` changes nothing, and the peer 127.0.0.2 is denied.
+        let remote = |interface: &str, xff: Option<&str>| {
+            let mut a = vec![
+                "--interface".to_owned(),
+                interface.into(),
+                "-H".into(),
+                "Host: service-test".into(),
+            ];
+            if let Some(x) = xff {
+                a.extend(["-H".into(), format!("x-forwarded-for: {x}")]);
+            }
+            a.extend(client_cert_args(&client));
+            a.extend(["-k".into(), if http2 { "--http2" } else { "--http1.1" }.into()]);
+            a.push(format!("https://127.0.0.1:{tls_port}/public"));
+            curl_batch(&[a])[0].0.status
+        };
+        assert_eq!(
+            remote("127.0.0.1", Some("8.8.8.8")),
+            200,
+            "{build:?}: a forged XFF is not the remote"
+        );
+        assert_eq!(remote("127.0.0.2", None), 403, "{build:?}: the peer is the remote");
         // Without a certificate nothing is the client's.
         let plain = curl_batch(&[vec![
             "--http1.1".into(),

@@ -31,7 +31,7 @@ use meshauthz_policy_compiler::rbac::envoy_rbac;
 use meshauthz_policy_compiler::{CompileOptions, IstioOptions, compile_sources_with};
 use meshauthz_tests::bootstrap::{ForwardClientCert, Listener};
 use meshauthz_tests::http::{client_cert_args, curl_batch};
-use meshauthz_tests::{Build, Echo, Envoy, filter_wasm, free_port, root};
+use meshauthz_tests::{Build, Echo, Envoy, Rng, filter_wasm, free_port, root};
 use saphyr::{LoadableYamlNode, Scalar, Yaml};
 use serde_json::{Value, json};
 
@@ -157,21 +157,6 @@ fn values_of(docs: &[Yaml<'_>], fields: &[&str], when_key: &str) -> BTreeSet<Str
     out
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, from: &'a [String]) -> &'a str {
-        &from[self.next(from.len())]
-    }
-}
-
 /// The SPIFFE IDs a case's policies are about, as client certificates would carry them.
 fn identities(docs: &[Yaml<'_>], domains: &[String]) -> Vec<String> {
     let fill = |v: &str| v.replace('*', "x");
@@ -258,7 +243,7 @@ fn corpus(docs: &[Yaml<'_>], identities: usize, rng: &mut Rng, n: usize) -> Vec<
         .map(|_| {
             let identity = (rng.next(5) != 0).then(|| rng.next(identities));
             let http2 = identity.is_some() && rng.next(2) == 0;
-            let mut method = rng.pick(&methods).to_owned();
+            let mut method = methods[rng.next(methods.len())].clone();
             // A lowercase method: HTTP/2 carries it to the filters; HTTP/1's codec answers 400.
             if http2 && rng.next(8) == 0 {
                 method = method.to_ascii_lowercase();
@@ -266,9 +251,9 @@ fn corpus(docs: &[Yaml<'_>], identities: usize, rng: &mut Rng, n: usize) -> Vec<
             Req {
                 identity,
                 method,
-                host: rng.pick(&hosts).to_owned(),
-                path: rng.pick(&paths).to_owned(),
-                headers: vec![rng.pick(&headers).to_owned()]
+                host: hosts[rng.next(hosts.len())].clone(),
+                path: paths[rng.next(paths.len())].clone(),
+                headers: vec![headers[rng.next(headers.len())].clone()]
                     .into_iter()
                     .filter(|h| !h.is_empty())
                     .collect(),

@@ -29,6 +29,7 @@ pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
         table.uses_source_ip |= t.uses_source_ip;
         table.uses_sni |= t.uses_sni;
         table.uses_destination_ip |= t.uses_destination_ip;
+        table.uses_remote_ip |= t.uses_remote_ip;
     }
     table.policies = set
         .policies
@@ -100,6 +101,7 @@ fn engine(set: &PolicySet, header_names: &mut Vec<String>, select: fn(&Policy) -
         uses_source_ip: b.sources.iter().any(|c| !c.ip_blocks.is_empty()) || b.uses_source_ip,
         uses_sni: b.uses_sni,
         uses_destination_ip: b.uses_destination_ip,
+        uses_remote_ip: b.uses_remote_ip,
         audit: None,
         dry_run: None,
         pool: b.pool,
@@ -156,6 +158,7 @@ struct Builder {
     uses_source_ip: bool,
     uses_sni: bool,
     uses_destination_ip: bool,
+    uses_remote_ip: bool,
 }
 
 impl Builder {
@@ -319,6 +322,10 @@ impl Builder {
                     Slot::DestinationIp
                 }
                 Attribute::DestinationPort => Slot::DestinationPort,
+                Attribute::RemoteIp => {
+                    self.uses_remote_ip = true;
+                    Slot::RemoteIp
+                }
             };
             let lowercase = c.attribute == Attribute::Host;
             let mut checks = Vec::with_capacity(c.matchers.len());

@@ -20,6 +20,7 @@ pub(crate) enum Slot {
     SourceIp,
     DestinationIp,
     DestinationPort,
+    RemoteIp,
 }
 
 /// One compiled matcher.
@@ -86,6 +87,11 @@ impl CondCheck {
             Slot::DestinationIp => ctx
                 .req
                 .destination_ip
+                .map(crate::spec::canonical_ip)
+                .is_some_and(|ip| checks.iter().any(|c| net_matches(*c, ip))),
+            Slot::RemoteIp => ctx
+                .req
+                .remote_ip
                 .map(crate::spec::canonical_ip)
                 .is_some_and(|ip| checks.iter().any(|c| net_matches(*c, ip))),
             Slot::DestinationPort => {

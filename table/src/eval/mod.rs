@@ -58,6 +58,7 @@ pub struct Table {
     uses_source_ip: bool,
     uses_sni: bool,
     uses_destination_ip: bool,
+    uses_remote_ip: bool,
     /// The AUDIT policies, as their own engine (a match only counts).
     audit: Option<Box<Table>>,
     /// The dry-run policies, as their own engine (decides nothing).
@@ -130,6 +131,11 @@ impl Table {
     /// Whether any rule looks at the connection's local address.
     pub fn uses_destination_ip(&self) -> bool {
         self.uses_destination_ip
+    }
+
+    /// Whether any rule looks at the original client address (Istio's `remoteIpBlocks`).
+    pub fn uses_remote_ip(&self) -> bool {
+        self.uses_remote_ip
     }
 
     /// Whether there are AUDIT or dry-run policies, i.e. whether [`Table::observe`] can say

@@ -6,8 +6,8 @@
 //! namespace; `selector.matchLabels` a subset of the labels; `targetRef(s)` never, they are for
 //! gateways and waypoints). Validation is istiod's webhook's, and stricter where Istio skips:
 //! an invalid value fails the whole compile instead of dropping a rule (which widens a DENY).
-//! Fields this build cannot decide yet (JWT request principals and claims, `remote.ip`,
-//! `experimental.*`) are errors naming the field, never silently ignored.
+//! Fields this build cannot decide yet (JWT request principals and claims, `experimental.*`)
+//! are errors naming the field, never silently ignored.
 
 mod rule;
 pub mod values;

@@ -67,6 +67,7 @@ enum Kind {
     ServiceAccount,
     TrustDomain,
     SourceIp,
+    RemoteIp,
     Host,
     Method,
     Path,
@@ -185,6 +186,7 @@ impl Parser<'_> {
                 "serviceAccounts" | "notServiceAccounts" => Kind::ServiceAccount,
                 "trustDomains" | "notTrustDomains" => Kind::TrustDomain,
                 "ipBlocks" | "notIpBlocks" => Kind::SourceIp,
+                "remoteIpBlocks" | "notRemoteIpBlocks" => Kind::RemoteIp,
                 _ => {
                     self.unsupported(value, &fpath, key);
                     continue;
@@ -253,6 +255,7 @@ impl Parser<'_> {
         let kpath = join(path, "key");
         let (kind, header) = match key {
             "source.ip" => (Kind::SourceIp, None),
+            "remote.ip" => (Kind::RemoteIp, None),
             "source.namespace" => (Kind::Namespace, None),
             "source.principal" => (Kind::Principal, None),
             "source.serviceAccount" => (Kind::ServiceAccount, None),
@@ -271,7 +274,7 @@ impl Parser<'_> {
                     return None;
                 }
             },
-            k if k == "remote.ip" || k.starts_with("request.auth.") || k.starts_with("experimental.") => {
+            k if k.starts_with("request.auth.") || k.starts_with("experimental.") => {
                 self.unsupported(key_node, &kpath, k);
                 return None;
             }
@@ -358,7 +361,7 @@ impl Parser<'_> {
                     }
                     out.extend(expand_trust_domain(v, &bundle).iter().map(|d| trust_domain_matcher(d)));
                 }
-                Kind::SourceIp | Kind::DestinationIp => match check::ip_block(v) {
+                Kind::SourceIp | Kind::DestinationIp | Kind::RemoteIp => match check::ip_block(v) {
                     Ok((net, _)) => out.push(Matcher::Net(net)),
                     Err(e) => {
                         self.error(node, &ipath, format!("invalid IP or CIDR `{v}`: {e}"));
@@ -394,8 +397,6 @@ impl Parser<'_> {
         let lower = what.to_ascii_lowercase();
         let why = if lower.contains("requestprincipals") || lower.starts_with("request.auth.") {
             "JWT request principals and claims (jwt_authn metadata) are not compiled yet"
-        } else if lower.contains("remoteip") || lower == "remote.ip" {
-            "the original client address (remote.ip) is not compiled yet"
         } else {
             "experimental keys are not compiled"
         };
@@ -411,6 +412,7 @@ fn condition(kind: Kind, negated: bool, matchers: Vec<Matcher>) -> Condition {
     let attribute = match kind {
         Kind::Principal | Kind::Namespace | Kind::ServiceAccount | Kind::TrustDomain => Attribute::Principal,
         Kind::SourceIp => Attribute::SourceIp,
+        Kind::RemoteIp => Attribute::RemoteIp,
         Kind::DestinationIp => Attribute::DestinationIp,
         Kind::Host => Attribute::Host,
         Kind::Method => Attribute::Method,
