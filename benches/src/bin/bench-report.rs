@@ -68,6 +68,7 @@ fn micro() -> String {
         let bytes = compile(&w).len();
         let f = |v: Option<f64>| v.map_or("-".to_owned(), human_ns);
         let ratio = match (t, p) {
+            (Some(t), Some(p)) if p < t * 10.0 => format!("{:.1}x", p / t),
             (Some(t), Some(p)) => format!("{:.0}x", p / t),
             _ => "-".into(),
         };
