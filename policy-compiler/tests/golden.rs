@@ -245,3 +245,89 @@ fn v1_artifact_still_decodes_and_matches_compiler_output() {
         "the encoder changed: bump FORMAT_VERSION and keep this artifact"
     );
 }
+
+/// The workload `testdata/istio/` is compiled for.
+const ISTIO_WORKLOAD: &[&str] = &["--namespace", "foo", "--labels", "app=httpbin,version=v1"];
+
+fn istio_options() -> meshauthz_policy_compiler::CompileOptions {
+    meshauthz_policy_compiler::CompileOptions {
+        deny_warnings: false,
+        istio: meshauthz_policy_compiler::IstioOptions {
+            namespace: Some("foo".into()),
+            labels: vec![("app".into(), "httpbin".into()), ("version".into(), "v1".into())],
+            ..Default::default()
+        },
+    }
+}
+
+/// Istio input: `testdata/istio/<case>.yaml` -> the table's dump and `--emit envoy-rbac`.
+#[test]
+fn istio_dumps_match_golden_files() {
+    let mut failures = Vec::new();
+    for case in cases(&testdata().join("istio")) {
+        let compiled = meshauthz_policy_compiler::compile_files_with(&[&case], &istio_options())
+            .unwrap_or_else(|e| panic!("{}:\n{e}", case.display()));
+        let dump = emit::json_dump(&compiled.table_bytes()).expect("own table decodes");
+        if let Err(e) = check_golden(&case.with_extension("json"), &dump) {
+            failures.push(e);
+        }
+        let rbac = meshauthz_policy_compiler::rbac::envoy_rbac(&compiled.set, false).expect("envoy-rbac");
+        if let Err(e) = check_golden(&case.with_extension("rbac.json"), &rbac) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Rejected Istio input: the CLI's diagnostics for the workload, exit 2.
+#[test]
+fn istio_bad_inputs_give_located_errors() {
+    let mut failures = Vec::new();
+    for case in cases(&testdata().join("istio/errors")) {
+        let rel = case.strip_prefix(env!("CARGO_MANIFEST_DIR")).expect("inside the crate");
+        let out = cli()
+            .arg("validate")
+            .args(ISTIO_WORKLOAD)
+            .arg(rel)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.code() != Some(2) {
+            failures.push(format!(
+                "{}: exit {:?}, want 2\n{stderr}",
+                rel.display(),
+                out.status.code()
+            ));
+        }
+        let prefix = format!("{}:", rel.display());
+        if !stderr.lines().all(|l| l.starts_with(&prefix)) {
+            failures.push(format!(
+                "{}: every line should start with FILE:LINE:COL\n{stderr}",
+                rel.display()
+            ));
+        }
+        if let Err(e) = check_golden(&case.with_extension("err"), &stderr) {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `--ignore-custom` compiles the rest and says what it left to ext_authz.
+#[test]
+fn istio_ignore_custom_says_what_it_left_out() {
+    let case = "testdata/istio/errors/not-compiled-yet.yaml";
+    let out = cli()
+        .args(["validate", "--ignore-custom"])
+        .args(ISTIO_WORKLOAD)
+        .arg(case)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "the JWT policy still fails: {stderr}");
+    assert!(!stderr.contains("CUSTOM"), "{stderr}");
+    assert!(
+        stderr.contains("note: ") || stderr.contains("requestPrincipals"),
+        "{stderr}"
+    );
+}

@@ -176,6 +176,7 @@ impl Parser<'_> {
             }
         }
         if rule_list.is_empty() {
+            let (line, col) = sget("action").map_or((line, col), pos);
             match action {
                 Some(Action::Deny) => self.at(
                     line,

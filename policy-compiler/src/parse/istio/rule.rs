@@ -192,11 +192,17 @@ impl Parser<'_> {
                     continue;
                 }
             };
-            let values = self.values(value, &fpath)?;
+            // A bad value is reported and the field left out of this (failing) compile, so that
+            // every other field is still checked and reported too.
+            let Some(values) = self.values(value, &fpath) else {
+                continue;
+            };
             if kind == Kind::ServiceAccount && values.len() > 16 {
                 self.error(value, &fpath, "at most 16 service accounts".into());
             }
-            let matchers = self.matchers(kind, &values, &fpath, ns)?;
+            let Some(matchers) = self.matchers(kind, &values, &fpath, ns) else {
+                continue;
+            };
             match (kind, negated) {
                 (Kind::SourceIp, false) => s.ip_blocks.extend(matchers.iter().filter_map(|m| match m {
                     Matcher::Net(n) => Some(*n),
@@ -223,8 +229,12 @@ impl Parser<'_> {
                 "methods" => Kind::Method,
                 _ => Kind::Path,
             };
-            let values = self.values(value, &fpath)?;
-            let matchers = self.matchers(kind, &values, &fpath, "")?;
+            let Some(values) = self.values(value, &fpath) else {
+                continue;
+            };
+            let Some(matchers) = self.matchers(kind, &values, &fpath, "") else {
+                continue;
+            };
             match (kind, negated) {
                 // The indexable forms where the table has them.
                 (Kind::Host, false) => d.hosts.extend(values.iter().map(|(_, v)| host_pattern(v))),
@@ -293,8 +303,12 @@ impl Parser<'_> {
         for (field, negated) in [(values, false), (not_values, true)] {
             let Some(list) = field else { continue };
             let fpath = join(path, if negated { "notValues" } else { "values" });
-            let vals = self.values(list, &fpath)?;
-            let matchers = self.matchers(kind, &vals, &fpath, ns)?;
+            let Some(vals) = self.values(list, &fpath) else {
+                continue;
+            };
+            let Some(matchers) = self.matchers(kind, &vals, &fpath, ns) else {
+                continue;
+            };
             out.push(match &header {
                 Some(name) => Condition {
                     attribute: Attribute::Header(name.clone()),
@@ -308,18 +322,18 @@ impl Parser<'_> {
         Some((permission, out))
     }
 
-    /// A list of non-empty strings, with each item's node for errors.
+    /// A list of non-empty strings, with each item's node for errors. A bad item is reported
+    /// (which fails the compile) and left out, so the rest are still checked.
     fn values<'n>(&mut self, node: &'n Node<'n>, path: &str) -> Option<Vec<(&'n Node<'n>, String)>> {
         let items = self.list(node, path)?;
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let ipath = format!("{path}[{i}]");
-            let text = self.string(item, &ipath)?;
-            if text.is_empty() {
-                self.error(item, &ipath, "empty value".into());
-                return None;
+            match self.string(item, &ipath) {
+                Some("") => self.error(item, &ipath, "empty value".into()),
+                Some(text) => out.push((item, text.to_owned())),
+                None => {}
             }
-            out.push((item, text.to_owned()));
         }
         Some(out)
     }
@@ -327,6 +341,7 @@ impl Parser<'_> {
     /// The matchers for one field's values, validated as istiod's webhook does.
     fn matchers(&mut self, kind: Kind, values: &[(&Node<'_>, String)], path: &str, ns: &str) -> Option<Vec<Matcher>> {
         let mut out: Vec<Matcher> = Vec::new();
+        let mut ok = true;
         let bundle = self.istio.bundle();
         for (i, (node, v)) in values.iter().enumerate() {
             let ipath = format!("{path}[{i}]");
@@ -344,7 +359,8 @@ impl Parser<'_> {
                             &ipath,
                             format!("invalid service account `{v}`: expected `sa` or `ns/sa`, no `*`, at most 320 characters"),
                         );
-                        return None;
+                        ok = false;
+                        continue;
                     }
                     out.push(service_account_matcher(v, ns));
                 }
@@ -357,7 +373,8 @@ impl Parser<'_> {
                             &ipath,
                             format!("invalid trust domain `{v}`: at most one `*`, at an end, and no `/`"),
                         );
-                        return None;
+                        ok = false;
+                        continue;
                     }
                     out.extend(expand_trust_domain(v, &bundle).iter().map(|d| trust_domain_matcher(d)));
                 }
@@ -365,14 +382,14 @@ impl Parser<'_> {
                     Ok((net, _)) => out.push(Matcher::Net(net)),
                     Err(e) => {
                         self.error(node, &ipath, format!("invalid IP or CIDR `{v}`: {e}"));
-                        return None;
+                        ok = false;
                     }
                 },
                 Kind::Port => match v.parse::<u16>() {
                     Ok(p) if v.bytes().all(|b| b.is_ascii_digit()) => out.push(Matcher::Port(p)),
                     _ => {
                         self.error(node, &ipath, format!("invalid port `{v}`: expected a decimal 0-65535"));
-                        return None;
+                        ok = false;
                     }
                 },
                 Kind::Host | Kind::Method | Kind::Header => out.push(string_matcher(v, Matcher::Present)),
@@ -381,7 +398,8 @@ impl Parser<'_> {
                     if v.contains(['{', '}']) {
                         if let Err(why) = check_template(v) {
                             self.error(node, &ipath, format!("invalid path template `{v}`: {why}"));
-                            return None;
+                            ok = false;
+                            continue;
                         }
                         out.push(Matcher::PathTemplate(v.clone()));
                     } else {
@@ -390,7 +408,7 @@ impl Parser<'_> {
                 }
             }
         }
-        Some(out)
+        ok.then_some(out)
     }
 
     fn unsupported(&mut self, node: &Node<'_>, path: &str, what: &str) {
