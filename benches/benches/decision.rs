@@ -48,6 +48,7 @@ fn decisions(c: &mut Criterion) {
                 sni: None,
                 destination_ip: None,
                 remote_ip: None,
+                claims: &[],
                 principal: r.principal.as_deref(),
                 source_ip: r.source_ip,
                 authority: &r.authority,

@@ -269,6 +269,20 @@ pub fn property(path: &[u8]) -> Result<Option<Box<[u8]>>, Status> {
     returned(|data, len| unsafe { host::proxy_get_property(path.as_ptr(), path.len(), data, len) })
 }
 
+/// As [`property`], but a property the host answers with no bytes is present and empty
+/// (`Some([])`), not absent: only `NotFound` is absent. A JWT claim can be the empty string.
+pub fn property_present(path: &[u8]) -> Result<Option<Box<[u8]>>, Status> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `path` outlives the call; the out-pointers are valid for one write each.
+    let code = unsafe { host::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    match Status::from_code(code) {
+        Status::Ok => Ok(Some(take(data, size).unwrap_or_default())),
+        Status::NotFound => Ok(None),
+        other => Err(other),
+    }
+}
+
 /// Every request header, serialized as pairs (read with [`crate::pairs::Pairs`]).
 pub fn request_header_pairs() -> Result<Option<Box<[u8]>>, Status> {
     // SAFETY: the out-pointers are valid for one write each for the duration of the call.

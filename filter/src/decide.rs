@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use log::{debug, warn};
-use meshauthz_table::Request;
+use meshauthz_table::{Claim, Request};
 
 use crate::config::{FilterConfig, Mode, XfccMode};
 use crate::host::{Host, HostError, Property};
@@ -175,6 +175,24 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
     } else {
         None
     };
+    // The verified JWT's claims (jwt_authn's metadata, which a client cannot set).
+    let raw_claims: Vec<Option<Box<[u8]>>> = config
+        .table
+        .claim_paths()
+        .iter()
+        .map(|path| host.jwt_claim(path))
+        .collect::<Result<_, _>>()?;
+    let claim_values: Vec<ClaimValue<'_>> = raw_claims.iter().map(|c| ClaimValue::read(c.as_deref())).collect();
+    let claim_lists: Vec<Vec<&str>> = claim_values.iter().map(ClaimValue::list).collect();
+    let claims: Vec<Claim<'_>> = claim_values
+        .iter()
+        .zip(&claim_lists)
+        .map(|(v, list)| match v {
+            ClaimValue::Absent => Claim::Absent,
+            ClaimValue::Str(s) => Claim::Str(s),
+            ClaimValue::List(_) => Claim::List(list),
+        })
+        .collect();
     let values: Vec<Vec<&str>> = headers
         .values
         .iter()
@@ -185,6 +203,7 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
         sni: sni.as_deref(),
         destination_ip,
         remote_ip,
+        claims: &claims,
         principal,
         source_ip,
         authority: &headers.authority,
@@ -383,6 +402,38 @@ fn source_ip<H: Host>(host: &H, connection: &Connection) -> Result<IpAddr, Refus
                 );
             }
             Err(Refusal::SourceNotPeer)
+        }
+    }
+}
+
+/// A JWT claim as the host returned it: a string's bytes, or a list in the pairs
+/// serialization (each element a name with an empty value). Anything else (a number, a
+/// boolean, bytes that are not UTF-8) matches no string matcher, as in Envoy's metadata
+/// matcher.
+enum ClaimValue<'a> {
+    Absent,
+    Str(Cow<'a, str>),
+    List(crate::pairs::Pairs<'a>),
+}
+
+impl<'a> ClaimValue<'a> {
+    fn read(bytes: Option<&'a [u8]>) -> ClaimValue<'a> {
+        let Some(b) = bytes else { return ClaimValue::Absent };
+        // A list's serialization is a whole, valid pairs buffer with empty values; a JSON
+        // string's bytes cannot be one (its first four bytes would have to count its pairs).
+        if let Some(p) = crate::pairs::Pairs::parse(b).filter(|p| p.iter().all(|(_, v)| v.is_empty())) {
+            return ClaimValue::List(p);
+        }
+        match std::str::from_utf8(b) {
+            Ok(s) => ClaimValue::Str(Cow::Borrowed(s)),
+            Err(_) => ClaimValue::Absent,
+        }
+    }
+
+    fn list(&self) -> Vec<&str> {
+        match self {
+            ClaimValue::List(p) => p.iter().filter_map(|(k, _)| std::str::from_utf8(k).ok()).collect(),
+            _ => Vec::new(),
         }
     }
 }

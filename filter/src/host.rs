@@ -99,6 +99,18 @@ pub trait Host {
 
     fn request_headers(&self) -> Result<Self::Headers, HostError>;
 
+    /// A claim of the request's verified JWT: `path` into the `payload` that
+    /// `envoy.filters.http.jwt_authn` puts in the dynamic metadata. A string comes back as its
+    /// bytes, a list in the header-pairs serialization (one name per element); `Ok(None)`
+    /// without a verified token or such a claim.
+    fn jwt_claim(&self, path: &[String]) -> Result<Option<Box<[u8]>>, HostError> {
+        let _ = path;
+        Err(HostError {
+            what: "jwt claim",
+            status: "not available to this host".into(),
+        })
+    }
+
     /// Every `(name, value)` entry of `headers` in order, a repeated header once per value;
     /// `None` if the host's data is malformed.
     fn header_pairs(headers: &Self::Headers) -> Option<impl Iterator<Item = (&[u8], &[u8])>>;

@@ -20,8 +20,6 @@ pub mod host;
 pub mod identity;
 #[cfg(not(target_arch = "wasm32"))]
 mod native;
-#[cfg(any(target_arch = "wasm32", test))]
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub mod pairs;
 #[cfg(any(target_arch = "wasm32", test))]
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]

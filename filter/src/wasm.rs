@@ -168,6 +168,16 @@ impl Host for WasmHost<'_> {
         host_result(what, abi::property(path))
     }
 
+    fn jwt_claim(&self, path: &[String]) -> Result<Option<Box<[u8]>>, HostError> {
+        self.check("jwt claim")?;
+        let mut p = b"metadata\0filter_metadata\0envoy.filters.http.jwt_authn\0payload".to_vec();
+        for segment in path {
+            p.push(0);
+            p.extend_from_slice(segment.as_bytes());
+        }
+        host_result("jwt claim", abi::property_present(&p))
+    }
+
     fn request_headers(&self) -> Result<Box<[u8]>, HostError> {
         self.check("request_headers")?;
         host_result("request_headers", abi::request_header_pairs())?.ok_or_else(|| HostError {

@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
                 sni: Some("service-test"),
                 destination_ip: Some([127, 0, 0, 1].into()),
                 remote_ip: None,
+                claims: &[],
             };
             let _ = table.evaluate(&request);
             let _ = table.observe(&request, &|| 8000);

@@ -81,29 +81,32 @@ fn dump_condition(c: &Condition) -> Value {
         Attribute::DestinationIp => "destinationIp".to_owned(),
         Attribute::DestinationPort => "destinationPort".to_owned(),
         Attribute::RemoteIp => "remoteIp".to_owned(),
+        Attribute::Claim(path) => format!("claim {}", path.join(".")),
+        Attribute::RequestPrincipal => "requestPrincipal".to_owned(),
     };
-    let matchers: Vec<Value> = c
-        .matchers
-        .iter()
-        .map(|m| match m {
-            Matcher::Present => json!({"present": true}),
-            Matcher::NonEmpty => json!({"nonEmpty": true}),
-            Matcher::Exact(v) => json!({"exact": v}),
-            Matcher::Prefix(v) => json!({"prefix": v}),
-            Matcher::Suffix(v) => json!({"suffix": v}),
-            Matcher::Contains(v) => json!({"contains": v}),
-            Matcher::Regex(v) => json!({"regex": v}),
-            Matcher::PathTemplate(v) => json!({"template": v}),
-            Matcher::Net(n) => json!({"cidr": n.to_string()}),
-            Matcher::Port(p) => json!({"port": p}),
-        })
-        .collect();
+    let matchers: Vec<Value> = c.matchers.iter().map(dump_matcher).collect();
     let key = if c.negated {
         format!("not {attribute}")
     } else {
         attribute
     };
     json!({ key: matchers })
+}
+
+fn dump_matcher(m: &Matcher) -> Value {
+    match m {
+        Matcher::Present => json!({"present": true}),
+        Matcher::NonEmpty => json!({"nonEmpty": true}),
+        Matcher::Exact(v) => json!({"exact": v}),
+        Matcher::Prefix(v) => json!({"prefix": v}),
+        Matcher::Suffix(v) => json!({"suffix": v}),
+        Matcher::Contains(v) => json!({"contains": v}),
+        Matcher::Regex(v) => json!({"regex": v}),
+        Matcher::PathTemplate(v) => json!({"template": v}),
+        Matcher::Net(n) => json!({"cidr": n.to_string()}),
+        Matcher::Port(p) => json!({"port": p}),
+        Matcher::IssuerSubject(iss, sub) => json!({"issuer": dump_matcher(iss), "subject": dump_matcher(sub)}),
+    }
 }
 
 fn dump_policies(set: &PolicySet) -> Value {

@@ -365,6 +365,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 destination_ip,
                 // Without proxies in front, the original client is the peer.
                 remote_ip: remote_ip.or(source_ip),
+                claims: &[],
                 principal: principal.as_deref(),
                 source_ip,
                 authority: host,

@@ -70,6 +70,21 @@ fn as_regex(m: &Matcher) -> Option<String> {
     })
 }
 
+/// A `metadata` principal on jwt_authn's `payload` at `path`, whose value `value` matches.
+fn jwt_metadata(path: &[String], value: Value) -> Value {
+    let mut keys = vec![json!({"key": "payload"})];
+    keys.extend(path.iter().map(|k| json!({"key": k})));
+    json!({"metadata": {"filter": "envoy.filters.http.jwt_authn", "path": keys, "value": value}})
+}
+
+/// A value matcher for a string matcher: `present_match` for `Present`.
+fn value_matcher(m: &Matcher) -> Option<Value> {
+    match m {
+        Matcher::Present => Some(json!({"present_match": true})),
+        _ => string_matcher(m, false).map(|sm| json!({"string_match": sm})),
+    }
+}
+
 fn cidr(n: &meshauthz_table::IpNet) -> Value {
     json!({"address_prefix": n.addr().to_string(), "prefix_len": n.prefix_len()})
 }
@@ -120,6 +135,25 @@ fn one(attribute: &Attribute, m: &Matcher, action: Action, negated: bool, side: 
         (Attribute::Sni, Side::Permission) => string_matcher(m, false).map(|sm| json!({"requested_server_name": sm})),
         (Attribute::SourceIp, Side::Principal) => match m {
             Matcher::Net(n) => Some(json!({"direct_remote_ip": cidr(n)})),
+            _ => None,
+        },
+        // A string claim, or any element of a list claim (istiod's `or(listMatch.oneOf(v), v)`).
+        (Attribute::Claim(path), Side::Principal) => value_matcher(m).map(|v| {
+            jwt_metadata(
+                path,
+                json!({"or_match": {"value_matchers": [{"list_match": {"one_of": v}}, v]}}),
+            )
+        }),
+        (Attribute::RequestPrincipal, Side::Principal) => match m {
+            Matcher::IssuerSubject(iss, sub) => {
+                let (iss, sub) = (value_matcher(iss), value_matcher(sub));
+                iss.zip(sub).map(|(i, s)| {
+                    json!({"and_ids": {"ids": [
+                        jwt_metadata(&["iss".into()], i),
+                        jwt_metadata(&["sub".into()], s),
+                    ]}})
+                })
+            }
             _ => None,
         },
         (Attribute::RemoteIp, Side::Principal) => match m {

@@ -21,7 +21,7 @@ pub mod spiffe;
 pub mod wire;
 
 pub use eval::{BuildError, Table, normalize_host};
-pub use request::{Decision, Observed, Request, RuleRef};
+pub use request::{Claim, Decision, Observed, Request, RuleRef};
 pub use spec::{
     Action, Attribute, Condition, Destination, HeaderMatch, IpNet, Matcher, Pattern, Policy, PolicySet, Rule, Source,
 };

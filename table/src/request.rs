@@ -31,6 +31,20 @@ pub struct Request<'a> {
     /// The original client address as the HCM computed it; read only when
     /// [`Table::uses_remote_ip`](crate::Table::uses_remote_ip).
     pub remote_ip: Option<IpAddr>,
+    /// The verified JWT's claims the table looks at, indexed like
+    /// [`Table::claim_paths`](crate::Table::claim_paths); empty without a verified token.
+    pub claims: &'a [Claim<'a>],
+}
+
+/// One JWT claim's value, as the matchers see it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Claim<'a> {
+    /// No verified token, no such claim, or a value that is neither a string nor a list.
+    #[default]
+    Absent,
+    Str(&'a str),
+    /// The string elements of a list claim.
+    List(&'a [&'a str]),
 }
 
 /// Which policy rule decided. `rule` is `None` for a policy without rules (it matches all).

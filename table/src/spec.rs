@@ -112,6 +112,13 @@ pub enum Attribute {
     /// `use_remote_address: true` with no trusted hops, else what `x-forwarded-for` and the
     /// trusted hops say. Istio's `remoteIpBlocks`; trust it only as far as the HCM's XFF setup.
     RemoteIp,
+    /// A claim of the request's verified JWT (the path into `envoy.filters.http.jwt_authn`'s
+    /// `payload` metadata): a string, or a list of strings any of which may match; absent
+    /// without a verified token.
+    Claim(Vec<String>),
+    /// The JWT's issuer and subject together (Istio's `requestPrincipals`), matched with
+    /// [`Matcher::IssuerSubject`].
+    RequestPrincipal,
 }
 
 impl Attribute {
@@ -144,6 +151,9 @@ pub enum Matcher {
     PathTemplate(String),
     Net(IpNet),
     Port(u16),
+    /// [`Attribute::RequestPrincipal`]: the issuer (`iss`) matches the first, the subject
+    /// (`sub`) the second; both must be string claims. Neither may be another `IssuerSubject`.
+    IssuerSubject(Box<Matcher>, Box<Matcher>),
 }
 
 /// `httpHeaderMatch`: the regex must match the whole (comma-joined) header value.

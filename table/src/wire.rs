@@ -19,11 +19,13 @@
 //!   pattern   u8 kind (0 any, 1 exact, 2 prefix, 3 suffix), [varint literal]
 //!   ipnet     u8 family (4, 6), u8 prefix_len, 4 or 16 address bytes
 //!   condition u8 attribute (0 principal, 1 host, 2 method, 3 path, 4 sni, 5 header, 6 source
-//!             ip, 7 destination ip, 8 destination port, 9 remote ip), [header: varint name],
+//!             ip, 7 destination ip, 8 destination port, 9 remote ip, 10 claim, 11 request
+//!             principal), [header: varint name; claim: varint n >= 1, n x varint segment],
 //!             u8 negated,
 //!             varint n (>= 1), n x matcher
 //!   matcher   u8 kind (0 present, 1 non-empty, 2 exact, 3 prefix, 4 suffix, 5 regex, 6 path
-//!             template, 9 contains: varint string; 7 ipnet; 8 u16 LE port)
+//!             template, 9 contains: varint string; 7 ipnet; 8 u16 LE port; 10 issuer and
+//!             subject: two string matchers)
 //! ```
 //! Version 1 has no audit action, no flags and no conditions, and needs hosts and ports in
 //! every destination; version 2 relaxes that (any non-empty destination). The encoder writes
@@ -434,6 +436,18 @@ impl<'a> Reader<'a> {
             7 => Attribute::DestinationIp,
             8 => Attribute::DestinationPort,
             9 => Attribute::RemoteIp,
+            10 => {
+                let at = self.pos;
+                let path = self.list(1, Self::string)?;
+                if path.is_empty() {
+                    return Err(DecodeError::EmptyList {
+                        offset: at,
+                        what: "claim path",
+                    });
+                }
+                Attribute::Claim(path)
+            }
+            11 => Attribute::RequestPrincipal,
             value => {
                 return Err(DecodeError::BadEnum {
                     offset: at,
@@ -473,9 +487,14 @@ impl<'a> Reader<'a> {
     fn matcher(&mut self, attribute: &Attribute) -> Result<Matcher, DecodeError> {
         let at = self.pos;
         let kind = self.u8()?;
-        let string = attribute.is_string();
+        let string = attribute.is_string() && *attribute != Attribute::RequestPrincipal;
         let port = *attribute == Attribute::DestinationPort;
         Ok(match kind {
+            10 if *attribute == Attribute::RequestPrincipal => {
+                // Two plain string matchers, read as those of a string attribute.
+                let plain = Attribute::Method;
+                Matcher::IssuerSubject(Box::new(self.matcher(&plain)?), Box::new(self.matcher(&plain)?))
+            }
             0 if string => Matcher::Present,
             1 if string => Matcher::NonEmpty,
             2 if string => Matcher::Exact(self.string()?),
@@ -725,10 +744,24 @@ impl<'s> Writer<'s> {
                 Attribute::DestinationIp => self.out.push(7),
                 Attribute::DestinationPort => self.out.push(8),
                 Attribute::RemoteIp => self.out.push(9),
+                Attribute::Claim(path) => {
+                    self.out.push(10);
+                    self.len(path.len());
+                    path.iter().for_each(|seg| self.string(seg));
+                }
+                Attribute::RequestPrincipal => self.out.push(11),
             }
             self.out.push(u8::from(c.negated));
             self.len(c.matchers.len());
             for m in &c.matchers {
+                self.matcher(m);
+            }
+        }
+    }
+
+    fn matcher(&mut self, m: &'s Matcher) {
+        {
+            {
                 match m {
                     Matcher::Present => self.out.push(0),
                     Matcher::NonEmpty => self.out.push(1),
@@ -745,6 +778,11 @@ impl<'s> Writer<'s> {
                     Matcher::Port(p) => {
                         self.out.push(8);
                         self.out.extend_from_slice(&p.to_le_bytes());
+                    }
+                    Matcher::IssuerSubject(iss, sub) => {
+                        self.out.push(10);
+                        self.matcher(iss);
+                        self.matcher(sub);
                     }
                 }
             }

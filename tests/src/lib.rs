@@ -9,6 +9,7 @@ pub mod demo;
 pub mod echo;
 pub mod envoy;
 pub mod http;
+pub mod jwt;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -87,6 +87,16 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         // SAFETY: Envoy passes the configuration bytes, valid for this call.
         let bytes = unsafe { config.bytes() };
         let config = match FilterConfig::parse(bytes) {
+            // Envoy 1.40's dynamic-module ABI reads top-level metadata keys only, and
+            // jwt_authn's claims are nested under `payload`: a table that needs them cannot be
+            // decided here, so it is refused rather than decided without them.
+            Ok(c) if !c.table.claim_paths().is_empty() => {
+                error!(
+                    "meshauthz: rejecting configuration: its policies use JWT claims (requestPrincipals, \
+                     request.auth.*), which the native build cannot read in Envoy 1.40; use the Wasm build"
+                );
+                return std::ptr::null();
+            }
             Ok(c) => c,
             Err(e) => {
                 error!("meshauthz: rejecting configuration: {e}");

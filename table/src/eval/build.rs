@@ -15,7 +15,7 @@ const MAX_PAIRS_PER_RULE: usize = 256;
 /// (each its own engine, as Istio's are separate RBAC filters) when there are any. All three
 /// share one header list, so one [`Request`](crate::Request) serves them all.
 pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
-    let mut header_names = Vec::new();
+    let mut header_names = (Vec::new(), Vec::new());
     let mut table = engine(set, &mut header_names, |p| !p.dry_run && p.action != Action::Audit)?;
     let mut sub = |select: fn(&Policy) -> bool| -> Result<Option<Box<Table>>, BuildError> {
         if !set.policies.iter().any(select) {
@@ -40,16 +40,20 @@ pub(super) fn build(set: &PolicySet) -> Result<Table, BuildError> {
             dry_run: p.dry_run,
         })
         .collect();
-    table.header_names = header_names;
+    (table.header_names, table.claim_paths) = header_names;
     Ok(table)
 }
 
 /// One engine: the selected policies, DENY (or AUDIT) rules first, then ALLOW.
-fn engine(set: &PolicySet, header_names: &mut Vec<String>, select: fn(&Policy) -> bool) -> Result<Table, BuildError> {
+/// `names`: the header names and claim paths found so far, shared by the engines of one table.
+type Names = (Vec<String>, Vec<Vec<String>>);
+
+fn engine(set: &PolicySet, header_names: &mut Names, select: fn(&Policy) -> bool) -> Result<Table, BuildError> {
     let mut b = Builder {
         next_src_key: ALWAYS + 1,
         next_dst_key: ALWAYS + 1,
-        header_names: std::mem::take(header_names),
+        header_names: std::mem::take(&mut header_names.0),
+        claim_paths: std::mem::take(&mut header_names.1),
         ..Builder::default()
     };
     let selected = || set.policies.iter().enumerate().filter(|(_, p)| select(p));
@@ -93,7 +97,7 @@ fn engine(set: &PolicySet, header_names: &mut Vec<String>, select: fn(&Policy) -
         });
     }
     let rule_count = b.rules.len() as u32;
-    *header_names = std::mem::take(&mut b.header_names);
+    *header_names = (std::mem::take(&mut b.header_names), std::mem::take(&mut b.claim_paths));
     Ok(Table {
         policies: Vec::new(),
         first_allow: first_allow.unwrap_or(rule_count),
@@ -114,6 +118,7 @@ fn engine(set: &PolicySet, header_names: &mut Vec<String>, select: fn(&Policy) -
         pair_index,
         pairs,
         header_names: Vec::new(),
+        claim_paths: Vec::new(),
     })
 }
 
@@ -155,6 +160,7 @@ struct Builder {
     pool: Pool,
     regex_ids: FastMap<Box<[u8]>, u32>,
     header_names: Vec<String>,
+    claim_paths: Vec<Vec<String>>,
     uses_source_ip: bool,
     uses_sni: bool,
     uses_destination_ip: bool,
@@ -326,11 +332,22 @@ impl Builder {
                     self.uses_remote_ip = true;
                     Slot::RemoteIp
                 }
+                Attribute::Claim(path) => Slot::Claim(self.claim_slot(path)),
+                Attribute::RequestPrincipal => {
+                    let (iss, sub) = (self.claim_slot(&["iss".into()]), self.claim_slot(&["sub".into()]));
+                    Slot::RequestPrincipal(iss, sub)
+                }
             };
             let lowercase = c.attribute == Attribute::Host;
             let mut checks = Vec::with_capacity(c.matchers.len());
             for m in &c.matchers {
-                let check = match (m, c.attribute.is_string()) {
+                if let (Matcher::IssuerSubject(iss, sub), Attribute::RequestPrincipal) = (m, &c.attribute) {
+                    let iss = self.string_check(iss, policy)?;
+                    let sub = self.string_check(sub, policy)?;
+                    checks.push(self.pool.push_pair(iss, sub));
+                    continue;
+                }
+                let check = match (m, c.attribute.is_string() && c.attribute != Attribute::RequestPrincipal) {
                     (Matcher::Present, true) => Check::Present,
                     (Matcher::NonEmpty, true) => Check::NonEmpty,
                     (Matcher::Exact(v), true) => Check::Lit(self.pool.lit(LitKind::Exact, v, lowercase)),
@@ -370,6 +387,35 @@ impl Builder {
             });
         }
         Ok(self.pool.push_conds(out))
+    }
+
+    /// One side of an issuer-and-subject matcher: a plain string check.
+    fn string_check(&mut self, m: &Matcher, policy: &str) -> Result<Check, BuildError> {
+        Ok(match m {
+            Matcher::Present => Check::Present,
+            Matcher::NonEmpty => Check::NonEmpty,
+            Matcher::Exact(v) => Check::Lit(self.pool.lit(LitKind::Exact, v, false)),
+            Matcher::Prefix(v) => Check::Lit(self.pool.lit(LitKind::Prefix, v, false)),
+            Matcher::Suffix(v) => Check::Lit(self.pool.lit(LitKind::Suffix, v, false)),
+            Matcher::Contains(v) => Check::Lit(self.pool.lit(LitKind::Contains, v, false)),
+            Matcher::Regex(re) => Check::Regex(self.regex(re, policy, "condition regex")?),
+            other => {
+                return Err(BuildError {
+                    policy: policy.to_owned(),
+                    message: format!("request principal: {other:?} is not a string matcher"),
+                });
+            }
+        })
+    }
+
+    fn claim_slot(&mut self, path: &[String]) -> u32 {
+        match self.claim_paths.iter().position(|p| p == path) {
+            Some(i) => i as u32,
+            None => {
+                self.claim_paths.push(path.to_vec());
+                self.claim_paths.len() as u32 - 1
+            }
+        }
     }
 
     fn regex(&mut self, source: &str, policy: &str, what: &str) -> Result<u32, BuildError> {

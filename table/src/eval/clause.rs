@@ -89,6 +89,8 @@ pub(crate) struct Pool {
     pub regexes: Vec<Regex>,
     conds: Vec<CondCheck>,
     checks: Vec<Check>,
+    /// Issuer and subject checks of request-principal matchers.
+    pairs: Vec<(Check, Check)>,
 }
 
 impl Pool {
@@ -181,6 +183,15 @@ impl Pool {
         Span::of(start, self.checks.len())
     }
 
+    pub fn push_pair(&mut self, iss: Check, sub: Check) -> Check {
+        self.pairs.push((iss, sub));
+        Check::IssuerSubject(self.pairs.len() as u32 - 1)
+    }
+
+    pub fn pair(&self, i: u32) -> Option<(Check, Check)> {
+        self.pairs.get(i as usize).copied()
+    }
+
     pub fn checks(&self, span: Span) -> &[Check] {
         self.checks.get(span.range()).unwrap_or(&[])
     }
@@ -210,6 +221,7 @@ impl Pool {
             self.ports.len(),
             self.conds.len(),
             self.checks.len(),
+            self.pairs.len(),
         ]
         .iter()
         .all(|&n| n <= max)

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use super::clause::{Cidr, Ctx, HeaderSlot, Lit, Pool, Span};
+use crate::request::Claim;
 
 /// Where a condition finds its value.
 #[derive(Clone, Copy, Debug)]
@@ -21,6 +22,10 @@ pub(crate) enum Slot {
     DestinationIp,
     DestinationPort,
     RemoteIp,
+    /// Index into the table's claim paths.
+    Claim(u32),
+    /// The `iss` and `sub` claims' indexes.
+    RequestPrincipal(u32, u32),
 }
 
 /// One compiled matcher.
@@ -32,6 +37,8 @@ pub(crate) enum Check {
     Regex(u32),
     Net(Cidr),
     Port(u16),
+    /// Index of an (issuer, subject) pair of checks in the pool.
+    IssuerSubject(u32),
 }
 
 /// One compiled condition: holds when some check matches (or, negated, none does).
@@ -89,6 +96,26 @@ impl CondCheck {
                 .destination_ip
                 .map(crate::spec::canonical_ip)
                 .is_some_and(|ip| checks.iter().any(|c| net_matches(*c, ip))),
+            Slot::Claim(i) => match ctx.req.claims.get(i as usize) {
+                Some(Claim::Str(s)) => text(s.as_bytes()),
+                Some(Claim::List(items)) => items.iter().any(|s| text(s.as_bytes())),
+                _ => false,
+            },
+            Slot::RequestPrincipal(iss, sub) => {
+                let string = |i: u32| match ctx.req.claims.get(i as usize) {
+                    Some(Claim::Str(s)) => Some(s.as_bytes()),
+                    _ => None,
+                };
+                let (Some(iss), Some(sub)) = (string(iss), string(sub)) else {
+                    return false;
+                };
+                checks.iter().any(|c| match c {
+                    Check::IssuerSubject(p) => pool
+                        .pair(*p)
+                        .is_some_and(|(ci, cs)| text_matches(ci, iss, pool) && text_matches(cs, sub, pool)),
+                    _ => false,
+                })
+            }
             Slot::RemoteIp => ctx
                 .req
                 .remote_ip
@@ -169,7 +196,7 @@ fn text_matches(check: Check, v: &[u8], pool: &Pool) -> bool {
             .regexes
             .get(id as usize)
             .is_some_and(|re| std::str::from_utf8(v).is_ok_and(|s| re.is_match(s))),
-        Check::Net(_) | Check::Port(_) => false,
+        Check::Net(_) | Check::Port(_) | Check::IssuerSubject(_) => false,
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Table {
     /// Literals, CIDRs, ports and regexes of every clause.
     pool: Pool,
     header_names: Vec<String>,
+    /// The JWT claim paths the policies look at; [`Request::claims`] is indexed the same way.
+    claim_paths: Vec<Vec<String>>,
     uses_source_ip: bool,
     uses_sni: bool,
     uses_destination_ip: bool,
@@ -116,6 +118,12 @@ impl Table {
     /// `:method`, that the policies look at; [`Request::headers`] is indexed the same way.
     pub fn header_names(&self) -> &[String] {
         &self.header_names
+    }
+
+    /// The JWT claims (paths into jwt_authn's `payload` metadata) the policies look at, in the
+    /// order [`Request::claims`] gives their values; `iss` and `sub` for request principals.
+    pub fn claim_paths(&self) -> &[Vec<String>] {
+        &self.claim_paths
     }
 
     /// Whether any rule looks at the source address (so the filter can skip fetching it).

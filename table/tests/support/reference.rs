@@ -168,6 +168,7 @@ pub fn table_decision(table: &Table, r: &Req) -> (bool, Option<(u32, Option<u32>
         sni: None,
         destination_ip: None,
         remote_ip: None,
+        claims: &[],
         principal: r.principal.as_deref(),
         source_ip: r.source_ip,
         authority: &r.authority,

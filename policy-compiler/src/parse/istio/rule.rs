@@ -6,8 +6,8 @@ use meshauthz_table::{Attribute, Condition, Destination, Matcher, Rule, Source};
 use saphyr::{Scalar, YamlData};
 
 use super::values::{
-    expand_trust_domain, host_pattern, namespace_matcher, principal_matcher, principal_pattern, rewrite_principal,
-    service_account_matcher, string_matcher, trust_domain_matcher,
+    expand_trust_domain, host_pattern, namespace_matcher, principal_matcher, principal_pattern,
+    request_principal_matcher, rewrite_principal, service_account_matcher, string_matcher, trust_domain_matcher,
 };
 use crate::check;
 use crate::diag::did_you_mean;
@@ -68,6 +68,9 @@ enum Kind {
     TrustDomain,
     SourceIp,
     RemoteIp,
+    RequestPrincipal,
+    /// A JWT claim (the path is carried beside, as a header's name is).
+    Claim,
     Host,
     Method,
     Path,
@@ -187,10 +190,7 @@ impl Parser<'_> {
                 "trustDomains" | "notTrustDomains" => Kind::TrustDomain,
                 "ipBlocks" | "notIpBlocks" => Kind::SourceIp,
                 "remoteIpBlocks" | "notRemoteIpBlocks" => Kind::RemoteIp,
-                _ => {
-                    self.unsupported(value, &fpath, key);
-                    continue;
-                }
+                _ => Kind::RequestPrincipal,
             };
             // A bad value is reported and the field left out of this (failing) compile, so that
             // every other field is still checked and reported too.
@@ -263,7 +263,8 @@ impl Parser<'_> {
         };
         let key = self.string(key_node, &join(path, "key"))?;
         let kpath = join(path, "key");
-        let (kind, header) = match key {
+        // The header name, or the claim path, that the kind's attribute carries.
+        let (kind, header): (Kind, Option<Attribute>) = match key {
             "source.ip" => (Kind::SourceIp, None),
             "remote.ip" => (Kind::RemoteIp, None),
             "source.namespace" => (Kind::Namespace, None),
@@ -273,8 +274,22 @@ impl Parser<'_> {
             "destination.ip" => (Kind::DestinationIp, None),
             "destination.port" => (Kind::Port, None),
             "connection.sni" => (Kind::Sni, None),
+            "request.auth.principal" => (Kind::RequestPrincipal, None),
+            "request.auth.audiences" => (Kind::Claim, Some(Attribute::Claim(vec!["aud".into()]))),
+            "request.auth.presenter" => (Kind::Claim, Some(Attribute::Claim(vec!["azp".into()]))),
+            k if k.starts_with("request.auth.claims[") => match claim_path(k) {
+                Some(path) => (Kind::Claim, Some(Attribute::Claim(path))),
+                None => {
+                    self.error(
+                        key_node,
+                        &kpath,
+                        format!("malformed key `{k}`: expected request.auth.claims[NAME][NESTED]..."),
+                    );
+                    return None;
+                }
+            },
             k if k.starts_with("request.headers[") => match bracketed(k, "request.headers") {
-                Some(name) => (Kind::Header, Some(name.to_ascii_lowercase())),
+                Some(name) => (Kind::Header, Some(Attribute::Header(name.to_ascii_lowercase()))),
                 None => {
                     self.error(
                         key_node,
@@ -284,7 +299,7 @@ impl Parser<'_> {
                     return None;
                 }
             },
-            k if k.starts_with("request.auth.") || k.starts_with("experimental.") => {
+            k if k.starts_with("experimental.") => {
                 self.unsupported(key_node, &kpath, k);
                 return None;
             }
@@ -310,8 +325,8 @@ impl Parser<'_> {
                 continue;
             };
             out.push(match &header {
-                Some(name) => Condition {
-                    attribute: Attribute::Header(name.clone()),
+                Some(attribute) => Condition {
+                    attribute: attribute.clone(),
                     negated,
                     matchers,
                 },
@@ -393,6 +408,8 @@ impl Parser<'_> {
                     }
                 },
                 Kind::Host | Kind::Method | Kind::Header => out.push(string_matcher(v, Matcher::Present)),
+                Kind::RequestPrincipal => out.push(request_principal_matcher(v)),
+                Kind::Claim => out.push(string_matcher(v, Matcher::NonEmpty)),
                 Kind::Sni => out.push(string_matcher(v, Matcher::NonEmpty)),
                 Kind::Path => {
                     if v.contains(['{', '}']) {
@@ -411,17 +428,14 @@ impl Parser<'_> {
         ok.then_some(out)
     }
 
+    /// `experimental.*` keys: Envoy filter metadata whose meaning meshauthz cannot know.
     fn unsupported(&mut self, node: &Node<'_>, path: &str, what: &str) {
-        let lower = what.to_ascii_lowercase();
-        let why = if lower.contains("requestprincipals") || lower.starts_with("request.auth.") {
-            "JWT request principals and claims (jwt_authn metadata) are not compiled yet"
-        } else {
-            "experimental keys are not compiled"
-        };
         self.error(
             node,
             path,
-            format!("`{what}`: {why}; the policy is rejected rather than widened or narrowed"),
+            format!(
+                "`{what}`: experimental keys are not compiled; the policy is rejected rather than widened or narrowed"
+            ),
         );
     }
 }
@@ -431,6 +445,9 @@ fn condition(kind: Kind, negated: bool, matchers: Vec<Matcher>) -> Condition {
         Kind::Principal | Kind::Namespace | Kind::ServiceAccount | Kind::TrustDomain => Attribute::Principal,
         Kind::SourceIp => Attribute::SourceIp,
         Kind::RemoteIp => Attribute::RemoteIp,
+        Kind::RequestPrincipal => Attribute::RequestPrincipal,
+        // Claims carry their path; `when` builds those itself.
+        Kind::Claim => Attribute::Claim(Vec::new()),
         Kind::DestinationIp => Attribute::DestinationIp,
         Kind::Host => Attribute::Host,
         Kind::Method => Attribute::Method,
@@ -449,6 +466,23 @@ fn condition(kind: Kind, negated: bool, matchers: Vec<Matcher>) -> Condition {
 
 fn is_empty_map(node: &Node<'_>) -> bool {
     matches!(&node.data, YamlData::Mapping(m) if m.is_empty())
+}
+
+/// `request.auth.claims[a][b]` -> `["a", "b"]` (each segment non-empty, no brackets inside).
+fn claim_path(key: &str) -> Option<Vec<String>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        let segment = &inner[..end];
+        if segment.is_empty() || segment.contains('[') {
+            return None;
+        }
+        path.push(segment.to_owned());
+        rest = &inner[end + 1..];
+    }
+    (!path.is_empty()).then_some(path)
 }
 
 /// `prefix[NAME]` -> NAME (non-empty, no brackets inside).

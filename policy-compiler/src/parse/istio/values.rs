@@ -59,6 +59,37 @@ pub fn principal_matcher(value: &str) -> Matcher {
     }
 }
 
+/// A `requestPrincipals` / `request.auth.principal` value as istiod matches it: split at the
+/// last `/` into issuer and subject; `*` anywhere at the ends widens the side it stands on.
+pub fn request_principal_matcher(value: &str) -> Matcher {
+    let any = || Box::new(Matcher::NonEmpty);
+    let exact = |s: &str| Box::new(Matcher::Exact(s.to_owned()));
+    let pair = |iss: Box<Matcher>, sub: Box<Matcher>| Matcher::IssuerSubject(iss, sub);
+    if value == "*" {
+        return pair(any(), any());
+    }
+    if let Some(rest) = value.strip_prefix('*') {
+        return match rest.rsplit_once('/') {
+            // `*iss/sub`: the issuer ends with `iss` (any issuer for `*/sub`), the subject exact.
+            Some(("", sub)) => pair(any(), exact(sub)),
+            Some((iss, sub)) => pair(Box::new(Matcher::Suffix(iss.to_owned())), exact(sub)),
+            None => pair(any(), Box::new(Matcher::Suffix(rest.to_owned()))),
+        };
+    }
+    if let Some(rest) = value.strip_suffix('*') {
+        return match rest.rsplit_once('/') {
+            Some((iss, "")) => pair(exact(iss), any()),
+            Some((iss, sub)) => pair(exact(iss), Box::new(Matcher::Prefix(sub.to_owned()))),
+            None => pair(Box::new(Matcher::Prefix(rest.to_owned())), any()),
+        };
+    }
+    match value.rsplit_once('/') {
+        Some((iss, sub)) => pair(exact(iss), exact(sub)),
+        // No `/`: the issuer, and a subject that is present and empty.
+        None => pair(exact(value), exact("")),
+    }
+}
+
 /// The indexable form of a principal matcher, where there is one.
 pub fn principal_pattern(m: &Matcher) -> Option<Pattern> {
     match m {
@@ -187,6 +218,41 @@ mod tests {
         assert_eq!(rewrite_principal("other/ns/a/sa/b", &b), ["other/ns/a/sa/b"]);
         assert_eq!(rewrite_principal("*/ns/a/sa/b", &b), ["*/ns/a/sa/b"]);
         assert_eq!(rewrite_principal("td1/ns/a", &b), ["td1/ns/a"]);
+    }
+
+    #[test]
+    fn request_principals_split_at_the_last_slash() {
+        let pair = |i: Matcher, s: Matcher| Matcher::IssuerSubject(Box::new(i), Box::new(s));
+        let exact = |s: &str| Matcher::Exact(s.into());
+        assert_eq!(
+            request_principal_matcher("https://iss.example/sub/1"),
+            pair(exact("https://iss.example/sub"), exact("1"))
+        );
+        assert_eq!(request_principal_matcher("iss"), pair(exact("iss"), exact("")));
+        assert_eq!(
+            request_principal_matcher("*"),
+            pair(Matcher::NonEmpty, Matcher::NonEmpty)
+        );
+        assert_eq!(
+            request_principal_matcher("https://iss.example/*"),
+            pair(exact("https://iss.example"), Matcher::NonEmpty)
+        );
+        assert_eq!(
+            request_principal_matcher("*.example/alice"),
+            pair(Matcher::Suffix(".example".into()), exact("alice"))
+        );
+        assert_eq!(
+            request_principal_matcher("*/alice"),
+            pair(Matcher::NonEmpty, exact("alice"))
+        );
+        assert_eq!(
+            request_principal_matcher("*-bob"),
+            pair(Matcher::NonEmpty, Matcher::Suffix("-bob".into()))
+        );
+        assert_eq!(
+            request_principal_matcher("iss-*"),
+            pair(Matcher::Prefix("iss-".into()), Matcher::NonEmpty)
+        );
     }
 
     #[test]
