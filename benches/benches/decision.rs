@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use meshauthz_benches::{compile, reference, requests, workload};
-use meshauthz_table::{Request, Table, wire};
+use meshauthz_table::{Claim, Request, Table, wire};
 
 const SIZES: &[usize] = &[10, 100, 1_000, 10_000, 100_000];
 
@@ -122,11 +122,28 @@ fn istio_decisions(c: &mut Criterion) {
             })
             .collect();
         let slot_refs: Vec<Vec<&[&str]>> = slots.iter().map(|s| s.iter().map(Vec::as_slice).collect()).collect();
+        let claims: Vec<Vec<Claim<'_>>> = w
+            .requests
+            .iter()
+            .map(|r| {
+                table
+                    .claim_paths()
+                    .iter()
+                    .map(|p| match (p.as_slice(), &r.jwt) {
+                        ([c], Some((iss, _))) if c == "iss" => Claim::Str(iss),
+                        ([c], Some((_, sub))) if c == "sub" => Claim::Str(sub),
+                        _ => Claim::Absent,
+                    })
+                    .collect()
+            })
+            .collect();
         let requests: Vec<Request<'_>> = w
             .requests
             .iter()
             .zip(&slot_refs)
-            .map(|(r, h)| Request {
+            .zip(&claims)
+            .map(|((r, h), c)| Request {
+                claims: c,
                 principal: r.principal.as_deref(),
                 authority: &r.host,
                 port: 8080,

@@ -1,8 +1,8 @@
 //! An Istio-shaped benchmark workload: `security.istio.io/v1` AuthorizationPolicies for one
 //! workload (namespace `bench`), 50 rules a policy, shaped like a mesh's: exact principals and
 //! namespaces as sources; service hosts; path prefixes, `notPaths` and `{*}` templates; methods;
-//! a header condition on some rules; one policy in ten a DENY of `/admin/*` from an untrusted
-//! namespace. Deterministic, like the guide-format workload.
+//! a header condition on some rules; JWT request principals on some; one policy in ten a DENY of
+//! `/admin/*` from an untrusted namespace. Deterministic, like the guide-format workload.
 
 use std::fmt::Write;
 
@@ -21,6 +21,8 @@ pub struct IstioRequest {
     pub path: String,
     pub method: String,
     pub tenant: Option<String>,
+    /// The verified JWT's issuer and subject, if the request carries one.
+    pub jwt: Option<(String, String)>,
 }
 
 /// A generated Istio policy set and requests for it, half built to match a random rule.
@@ -54,13 +56,22 @@ pub fn istio_workload(rules: usize, seed: u64, requests: usize) -> IstioWorkload
                 );
                 continue;
             }
+            let mut jwt = None;
             let (from, req_path, tenant) = match rng.below(10) {
-                0..=3 => (
+                0..=2 => (
                     format!("principals: [\"cluster.local/ns/ns{ns}/sa/svc{i}\"]"),
                     format!("/api/v{i}/items"),
                     None,
                 ),
                 4..=6 => (format!("namespaces: [ns{ns}]"), format!("/api/v{i}/items"), None),
+                3 => {
+                    jwt = Some(("https://issuer.example".to_owned(), format!("svc{i}")));
+                    (
+                        format!("requestPrincipals: [\"https://issuer.example/svc{i}\"]"),
+                        format!("/api/v{i}/items"),
+                        None,
+                    )
+                }
                 7 | 8 => (
                     format!("principals: [\"cluster.local/ns/ns{ns}/sa/svc{i}\"]"),
                     format!("/svc{i}/x/items"),
@@ -93,6 +104,7 @@ pub fn istio_workload(rules: usize, seed: u64, requests: usize) -> IstioWorkload
                 path: req_path,
                 method: "GET".into(),
                 tenant,
+                jwt,
             });
         }
     }
@@ -107,6 +119,7 @@ pub fn istio_workload(rules: usize, seed: u64, requests: usize) -> IstioWorkload
                     path: "/api/v1/items".into(),
                     method: "GET".into(),
                     tenant: None,
+                    jwt: Some(("https://issuer.example".into(), format!("intruder{k}"))),
                 }
             }
         })

@@ -91,9 +91,9 @@ fn micro() -> String {
     }
     let _ = writeln!(
         s,
-        "\nIstio-shaped policies (`meshauthz_benches::istio`: exact principals and namespaces, hosts, path \
-         prefixes, notPaths, `{{*}}` templates, a header condition, DENY of `/admin/*` from untrusted \
-         namespaces), compiled for one workload:\n"
+        "\nIstio-shaped policies (`meshauthz_benches::istio`: exact principals, namespaces and JWT request \
+         principals, hosts, path prefixes, notPaths, `{{*}}` templates, a header condition, DENY of `/admin/*` \
+         from untrusted namespaces), compiled for one workload:\n"
     );
     let _ = writeln!(s, "| rules | decision (table) |");
     let _ = writeln!(s, "|---:|---:|");
