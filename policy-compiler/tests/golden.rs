@@ -102,12 +102,18 @@ fn dumps_match_golden_files() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-fn bad_inputs_give_located_errors_and_exit_2() {
+/// Every case in `dir` fails `validate` (with `args`) with exit 2, one `FILE:LINE:COL` line
+/// per problem, matching its golden `.err`. Returns the failures.
+fn error_cases(dir: &Path, args: &[&str]) -> Vec<String> {
     let mut failures = Vec::new();
-    for case in cases(&testdata().join("errors")) {
+    for case in cases(dir) {
         let rel = case.strip_prefix(env!("CARGO_MANIFEST_DIR")).expect("inside the crate");
-        let out = cli().arg("validate").arg(rel).output().expect("policy-compiler runs");
+        let out = cli()
+            .arg("validate")
+            .args(args)
+            .arg(rel)
+            .output()
+            .expect("policy-compiler runs");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if out.status.code() != Some(2) {
             failures.push(format!(
@@ -127,6 +133,12 @@ fn bad_inputs_give_located_errors_and_exit_2() {
             failures.push(e);
         }
     }
+    failures
+}
+
+#[test]
+fn bad_inputs_give_located_errors_and_exit_2() {
+    let failures = error_cases(&testdata().join("errors"), &[]);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -282,34 +294,7 @@ fn istio_dumps_match_golden_files() {
 /// Rejected Istio input: the CLI's diagnostics for the workload, exit 2.
 #[test]
 fn istio_bad_inputs_give_located_errors() {
-    let mut failures = Vec::new();
-    for case in cases(&testdata().join("istio/errors")) {
-        let rel = case.strip_prefix(env!("CARGO_MANIFEST_DIR")).expect("inside the crate");
-        let out = cli()
-            .arg("validate")
-            .args(ISTIO_WORKLOAD)
-            .arg(rel)
-            .output()
-            .expect("runs");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if out.status.code() != Some(2) {
-            failures.push(format!(
-                "{}: exit {:?}, want 2\n{stderr}",
-                rel.display(),
-                out.status.code()
-            ));
-        }
-        let prefix = format!("{}:", rel.display());
-        if !stderr.lines().all(|l| l.starts_with(&prefix)) {
-            failures.push(format!(
-                "{}: every line should start with FILE:LINE:COL\n{stderr}",
-                rel.display()
-            ));
-        }
-        if let Err(e) = check_golden(&case.with_extension("err"), &stderr) {
-            failures.push(e);
-        }
-    }
+    let failures = error_cases(&testdata().join("istio/errors"), ISTIO_WORKLOAD);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -142,6 +142,21 @@ pub fn start(dir: &Path, listeners: &[Listener], wasm: &Path, upstream_port: u16
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Listeners already built (and adjusted: the Istio HCM model, a filter in front), in front of
+/// the echo upstream on `upstream_port`: writes `dir/envoy.yaml` and starts Envoy on it.
+pub fn start_built(dir: &Path, listeners: Vec<builder::Listener>, upstream_port: u16) -> crate::Envoy {
+    let admin = crate::free_port(Ipv4Addr::LOCALHOST);
+    let boot = builder::Bootstrap {
+        listeners,
+        clusters: vec![upstream(upstream_port)],
+        ..builder::Bootstrap::new((Ipv4Addr::LOCALHOST, admin))
+    };
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, boot.to_yaml()).expect("write bootstrap");
+    crate::Envoy::start(&path, (Ipv4Addr::LOCALHOST, admin).into(), &dir.join("envoy.log"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A bootstrap whose listeners come from `lds_path` (file-based LDS, watched for renames), so a
 /// test can swap a listener's filter configuration while Envoy runs.
 pub fn bootstrap_with_file_lds(admin_port: u16, lds_path: &Path, upstream_port: u16) -> String {

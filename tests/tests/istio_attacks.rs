@@ -12,14 +12,13 @@
 
 use std::net::Ipv4Addr;
 
-use meshauthz_envoy_config::bootstrap::{Bootstrap, Cluster};
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
 use meshauthz_envoy_config::hcm::HostPort;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_policy_compiler::{CompileOptions, IstioOptions, compile_sources_with};
-use meshauthz_tests::bootstrap::{ForwardClientCert, Listener};
+use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, start_built};
 use meshauthz_tests::http::{client_cert_args, curl_batch};
-use meshauthz_tests::{Build, Echo, Envoy, both_builds, filter_wasm, free_port};
+use meshauthz_tests::{Build, Echo, both_builds, filter_wasm, free_port};
 
 const POLICY: &str = r#"
 apiVersion: security.istio.io/v1
@@ -79,20 +78,7 @@ fn istio_policies_hold_against_path_host_and_method_tricks(build: Build) {
         l.chains.iter_mut().for_each(|c| c.hcm.host_port = HostPort::Keep);
         l
     });
-    let admin = free_port(Ipv4Addr::LOCALHOST);
-    let boot = Bootstrap {
-        listeners: listeners.to_vec(),
-        clusters: vec![Cluster::new("upstream", &[(Ipv4Addr::LOCALHOST, echo.addr().port())])],
-        ..Bootstrap::new((Ipv4Addr::LOCALHOST, admin))
-    };
-    let path = dir.path().join("envoy.yaml");
-    std::fs::write(&path, boot.to_yaml()).expect("bootstrap");
-    let envoy = Envoy::start(
-        &path,
-        (Ipv4Addr::LOCALHOST, admin).into(),
-        &dir.path().join("envoy.log"),
-    )
-    .expect("envoy");
+    let envoy = start_built(dir.path(), listeners.to_vec(), echo.addr().port());
 
     // (method, host, path as sent, expected status)
     let cases: &[(&str, &str, &str, u16)] = &[

@@ -17,7 +17,7 @@ use meshauthz_envoy_config::hcm::HostPort;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_policy_compiler::rbac::envoy_rbac;
 use meshauthz_policy_compiler::{CompileOptions, Compiled, IstioOptions, compile_sources_with};
-use meshauthz_tests::bootstrap::{ForwardClientCert, Listener};
+use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, start_built};
 use meshauthz_tests::http::curl_batch;
 use meshauthz_tests::jwt::{JwtIssuer, jwt_authn_filter};
 use meshauthz_tests::{Build, Echo, Envoy, filter_wasm, free_port};
@@ -98,23 +98,14 @@ fn jwt_claims_decide_as_envoy_rbac_reads_them() {
     let rbac = envoy_rbac(&compiled.set, false).expect("envoy-rbac");
     let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo");
     let (filter_port, rbac_port) = (free_port(Ipv4Addr::LOCALHOST), free_port(Ipv4Addr::LOCALHOST));
-    let admin = free_port(Ipv4Addr::LOCALHOST);
-    let boot = Bootstrap {
-        listeners: vec![
+    let _envoy = start_built(
+        dir.path(),
+        vec![
             listener(filter_port, &issuer.jwks(), Some(plugin), None, Build::Wasm),
             listener(rbac_port, &issuer.jwks(), None, Some(rbac), Build::Wasm),
         ],
-        clusters: vec![Cluster::new("upstream", &[(Ipv4Addr::LOCALHOST, echo.addr().port())])],
-        ..Bootstrap::new((Ipv4Addr::LOCALHOST, admin))
-    };
-    let path = dir.path().join("envoy.yaml");
-    std::fs::write(&path, boot.to_yaml()).expect("bootstrap");
-    let _envoy = Envoy::start(
-        &path,
-        (Ipv4Addr::LOCALHOST, admin).into(),
-        &dir.path().join("envoy.log"),
-    )
-    .expect("envoy");
+        echo.addr().port(),
+    );
 
     let token = |claims: serde_json::Value| Some(issuer.token(&claims));
     let alice = |extra: serde_json::Value| {
