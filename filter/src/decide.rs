@@ -23,6 +23,7 @@ use std::rc::Rc;
 use log::{debug, warn};
 use meshauthz_table::{Claim, Request};
 
+use crate::claims::ClaimValue;
 use crate::config::{FilterConfig, Mode, XfccMode};
 use crate::host::{Host, HostError, Property};
 use crate::identity::{self, PeerIdentity};
@@ -402,38 +403,6 @@ fn source_ip<H: Host>(host: &H, connection: &Connection) -> Result<IpAddr, Refus
                 );
             }
             Err(Refusal::SourceNotPeer)
-        }
-    }
-}
-
-/// A JWT claim as the host returned it: a string's bytes, or a list in the pairs
-/// serialization (each element a name with an empty value). Anything else (a number, a
-/// boolean, bytes that are not UTF-8) matches no string matcher, as in Envoy's metadata
-/// matcher.
-enum ClaimValue<'a> {
-    Absent,
-    Str(Cow<'a, str>),
-    List(crate::pairs::Pairs<'a>),
-}
-
-impl<'a> ClaimValue<'a> {
-    fn read(bytes: Option<&'a [u8]>) -> ClaimValue<'a> {
-        let Some(b) = bytes else { return ClaimValue::Absent };
-        // A list's serialization is a whole, valid pairs buffer with empty values; a JSON
-        // string's bytes cannot be one (its first four bytes would have to count its pairs).
-        if let Some(p) = crate::pairs::Pairs::parse(b).filter(|p| p.iter().all(|(_, v)| v.is_empty())) {
-            return ClaimValue::List(p);
-        }
-        match std::str::from_utf8(b) {
-            Ok(s) => ClaimValue::Str(Cow::Borrowed(s)),
-            Err(_) => ClaimValue::Absent,
-        }
-    }
-
-    fn list(&self) -> Vec<&str> {
-        match self {
-            ClaimValue::List(p) => p.iter().filter_map(|(k, _)| std::str::from_utf8(k).ok()).collect(),
-            _ => Vec::new(),
         }
     }
 }

@@ -14,6 +14,7 @@
 #[cfg(any(target_arch = "wasm32", test))]
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub mod abi;
+mod claims;
 pub mod config;
 pub mod decide;
 pub mod host;
