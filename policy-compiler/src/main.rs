@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use meshauthz_policy_compiler::emit::{self, Mode, Xfcc};
 use meshauthz_policy_compiler::{CompileOptions, Compiled, IstioOptions, compile_files_with, write_atomically};
-use meshauthz_table::{PolicySet, Request, Table};
+use meshauthz_table::{Claim, PolicySet, Request, Table};
 
 /// The workload Istio `AuthorizationPolicy` input is compiled for (ignored by the guide's
 /// format, which has no selectors).
@@ -160,6 +160,10 @@ enum Command {
         /// `x-forwarded-for` (default: `--source-ip`).
         #[arg(long)]
         remote_ip: Option<IpAddr>,
+        /// Istio JWT fields: the verified token's payload (a JSON object), as jwt_authn would put
+        /// it in the metadata; absent means no token.
+        #[arg(long, value_name = "FILE")]
+        jwt_claims: Option<PathBuf>,
         #[arg(long)]
         port: u16,
         #[arg(long)]
@@ -327,6 +331,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             sni,
             destination_ip,
             remote_ip,
+            jwt_claims,
             workload,
         } => {
             let (bytes, istio) = match (&table, policies.is_empty()) {
@@ -360,12 +365,48 @@ fn run(command: Command) -> Result<ExitCode, String> {
             } else {
                 meshauthz_policy_compiler::hcm_host(&host)
             };
+            let payload: Option<serde_json::Value> = match &jwt_claims {
+                None => None,
+                Some(path) => {
+                    let text =
+                        std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+                    if !v.is_object() {
+                        return Err(format!("{}: a JWT payload is a JSON object", path.display()));
+                    }
+                    Some(v)
+                }
+            };
+            // Each claim the table looks at: a string, or a list's string elements.
+            let found: Vec<Option<&serde_json::Value>> = table
+                .claim_paths()
+                .iter()
+                .map(|p| p.iter().try_fold(payload.as_ref()?, |v, k| v.get(k)))
+                .collect();
+            let lists: Vec<Vec<&str>> = found
+                .iter()
+                .map(|v| {
+                    v.and_then(|v| v.as_array())
+                        .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let claims: Vec<Claim<'_>> = found
+                .iter()
+                .zip(&lists)
+                .map(|(v, list)| match v {
+                    Some(serde_json::Value::String(s)) => Claim::Str(s),
+                    Some(serde_json::Value::Array(_)) => Claim::List(list),
+                    _ => Claim::Absent,
+                })
+                .collect();
             let request = Request {
                 sni: sni.as_deref(),
                 destination_ip,
                 // Without proxies in front, the original client is the peer.
                 remote_ip: remote_ip.or(source_ip),
-                claims: &[],
+                claims: &claims,
                 principal: principal.as_deref(),
                 source_ip,
                 authority: host,

@@ -331,3 +331,43 @@ fn istio_ignore_custom_says_what_it_left_out() {
         "{stderr}"
     );
 }
+
+/// `check` for Istio input: the JWT payload from `--jwt-claims`, and Istio's host model (the
+/// port is part of the host).
+#[test]
+fn check_reads_jwt_claims_and_keeps_the_istio_host_port() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let claims = |name: &str, json: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, json).expect("write");
+        p
+    };
+    let alice = claims(
+        "alice.json",
+        r#"{"iss": "https://issuer.example", "sub": "alice", "aud": ["x", "httpbin"]}"#,
+    );
+    let bob = claims(
+        "bob.json",
+        r#"{"iss": "https://issuer.example", "sub": "bob", "aud": "httpbin"}"#,
+    );
+    let run = |host: &str, jwt: Option<&Path>| {
+        let mut c = cli();
+        c.args(["check", "--namespace", "foo", "testdata/istio/check/jwt-users.yaml"])
+            .args(["--host", host, "--port", "8000", "--method", "GET"]);
+        if let Some(j) = jwt {
+            c.arg("--jwt-claims").arg(j);
+        }
+        let out = c.output().expect("runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(run("httpbin", Some(&alice)).0, Some(0), "alice, audience in a list");
+    assert_eq!(run("httpbin", Some(&bob)).0, Some(1), "bob");
+    assert_eq!(run("httpbin", None).0, Some(1), "no token");
+    assert_eq!(
+        run("httpbin:8000", Some(&alice)).0,
+        Some(1),
+        "Istio hosts keep the port"
+    );
+    let bad = claims("bad.json", "[1]");
+    assert_eq!(run("httpbin", Some(&bad)).0, Some(2), "a payload is an object");
+}
