@@ -91,6 +91,10 @@ struct Connection {
     authn: Authn,
     /// `destination.port`, once a decision needed it and the host answered.
     port: Cell<Option<u16>>,
+    /// The SNI (`None` inside: none sent) and the local address, once a policy needed them
+    /// and the host answered; both are the connection's for its life.
+    sni: std::cell::OnceCell<Option<Box<str>>>,
+    local_ip: Cell<Option<IpAddr>>,
     /// Whether a source address that is not the peer's was logged for this connection.
     warned_source: Cell<bool>,
 }
@@ -160,12 +164,12 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
     // (plaintext, or a client that sent none) is `None`; a local address that does not parse
     // refuses the request, as any failed host call does.
     let sni = if config.table.uses_sni() {
-        host.property(Property::RequestedServerName)?.map(|v| text(Some(v)))
+        connection.sni(host)?
     } else {
         None
     };
     let destination_ip = if config.table.uses_destination_ip() {
-        Some(destination_ip(host)?)
+        Some(connection.local_ip(host)?)
     } else {
         None
     };
@@ -201,7 +205,7 @@ fn decide<H: Host>(host: &H, caches: &mut Caches, config: &FilterConfig) -> Resu
         .collect();
     let slots: Vec<&[&str]> = values.iter().map(Vec::as_slice).collect();
     let request = Request {
-        sni: sni.as_deref(),
+        sni,
         destination_ip,
         remote_ip,
         claims: &claims,
@@ -302,6 +306,8 @@ fn connection<H: Host>(host: &H, caches: &mut Caches) -> Result<Rc<Connection>, 
     let connection = Rc::new(Connection {
         authn: authenticate(host, caches)?,
         port: Cell::new(None),
+        sni: std::cell::OnceCell::new(),
+        local_ip: Cell::new(None),
         warned_source: Cell::new(false),
     });
     if let Some(id) = id {
@@ -365,6 +371,27 @@ fn authenticate<H: Host>(host: &H, caches: &mut Caches) -> Result<Authn, HostErr
 }
 
 impl Connection {
+    /// The SNI the client sent: asked once per connection; a failure is not remembered.
+    fn sni<H: Host>(&self, host: &H) -> Result<Option<&str>, HostError> {
+        if self.sni.get().is_none() {
+            let sni = host
+                .property(Property::RequestedServerName)?
+                .map(|v| text(Some(v)).into_boxed_str());
+            let _ = self.sni.set(sni);
+        }
+        Ok(self.sni.get().and_then(|s| s.as_deref()))
+    }
+
+    /// The connection's local address: asked once per connection; a failure is not remembered.
+    fn local_ip<H: Host>(&self, host: &H) -> Result<IpAddr, HostError> {
+        if let Some(ip) = self.local_ip.get() {
+            return Ok(ip);
+        }
+        let ip = destination_ip(host)?;
+        self.local_ip.set(Some(ip));
+        Ok(ip)
+    }
+
     /// `destination.port`: asked once per connection; a failure is not remembered.
     fn port<H: Host>(&self, host: &H) -> Result<u16, HostError> {
         if let Some(p) = self.port.get() {
