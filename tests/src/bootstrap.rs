@@ -110,6 +110,21 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// This listener under Istio's sidecar HCM model (the host keeps its port, as Istio
+    /// policies expect), with `front` (jwt_authn, say) before every other filter.
+    pub fn build_istio(&self, wasm: &Path, front: Option<serde_json::Value>) -> builder::Listener {
+        let mut l = self.build(wasm);
+        for chain in &mut l.chains {
+            chain.hcm.host_port = meshauthz_envoy_config::hcm::HostPort::Keep;
+            if let Some(f) = &front {
+                chain.hcm.http_filters.insert(0, HttpFilter::Raw(f.clone()));
+            }
+        }
+        l
+    }
+}
+
 fn upstream(port: u16) -> Cluster {
     Cluster::new(UPSTREAM, &[(Ipv4Addr::LOCALHOST, port)])
 }

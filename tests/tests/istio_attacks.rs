@@ -13,7 +13,6 @@
 use std::net::Ipv4Addr;
 
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
-use meshauthz_envoy_config::hcm::HostPort;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_policy_compiler::{CompileOptions, IstioOptions, compile_sources_with};
 use meshauthz_tests::bootstrap::{ForwardClientCert, Listener, start_built};
@@ -61,7 +60,7 @@ fn istio_policies_hold_against_path_host_and_method_tricks(build: Build) {
     let echo = Echo::start(Ipv4Addr::LOCALHOST, 0).expect("echo");
     let (tls_port, plain_port) = (free_port(Ipv4Addr::LOCALHOST), free_port(Ipv4Addr::LOCALHOST));
     let listeners = [(tls_port, true), (plain_port, false)].map(|(port, tls)| {
-        let mut l = Listener {
+        Listener {
             name: format!("l{port}"),
             ip: Ipv4Addr::LOCALHOST,
             port,
@@ -74,9 +73,7 @@ fn istio_policies_hold_against_path_host_and_method_tricks(build: Build) {
             faults: false,
             ecds: None,
         }
-        .build(&filter_wasm());
-        l.chains.iter_mut().for_each(|c| c.hcm.host_port = HostPort::Keep);
-        l
+        .build_istio(&filter_wasm(), None)
     });
     let envoy = start_built(dir.path(), listeners.to_vec(), echo.addr().port());
 

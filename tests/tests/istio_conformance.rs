@@ -23,9 +23,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use meshauthz_envoy_config::bootstrap::{Bootstrap, Cluster, HttpFilter};
+use meshauthz_envoy_config::bootstrap::{Bootstrap, Cluster};
 use meshauthz_envoy_config::ca::{LeafSpec, MeshCa};
-use meshauthz_envoy_config::hcm::HostPort;
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_policy_compiler::rbac::envoy_rbac;
 use meshauthz_policy_compiler::{CompileOptions, IstioOptions, compile_sources_with};
@@ -466,16 +465,7 @@ fn istio_golden_cases_decide_as_istios_rbac_does() {
                     faults: false,
                     ecds: None,
                 };
-                let mut built = l.build(&filter_wasm());
-                for c in &mut built.chains {
-                    c.hcm.host_port = HostPort::Keep;
-                    if uses_jwt {
-                        c.hcm
-                            .http_filters
-                            .insert(0, HttpFilter::Raw(jwt_authn_filter(&issuer.jwks())));
-                    }
-                }
-                listeners.push(built);
+                listeners.push(l.build_istio(&filter_wasm(), uses_jwt.then(|| jwt_authn_filter(&issuer.jwks()))));
             }
         }
         let admin = free_port(Ipv4Addr::LOCALHOST);

@@ -12,8 +12,7 @@
 
 use std::net::Ipv4Addr;
 
-use meshauthz_envoy_config::bootstrap::{Bootstrap, Cluster, HttpFilter};
-use meshauthz_envoy_config::hcm::HostPort;
+use meshauthz_envoy_config::bootstrap::{Bootstrap, Cluster};
 use meshauthz_policy_compiler::emit::{Mode, Xfcc, plugin_config};
 use meshauthz_policy_compiler::rbac::envoy_rbac;
 use meshauthz_policy_compiler::{CompileOptions, Compiled, IstioOptions, compile_sources_with};
@@ -64,7 +63,7 @@ fn listener(
     rbac: Option<String>,
     build: Build,
 ) -> meshauthz_envoy_config::bootstrap::Listener {
-    let mut l = Listener {
+    Listener {
         name: format!("l{port}"),
         ip: Ipv4Addr::LOCALHOST,
         port,
@@ -77,15 +76,7 @@ fn listener(
         faults: false,
         ecds: None,
     }
-    .build(&filter_wasm());
-    for chain in &mut l.chains {
-        chain.hcm.host_port = HostPort::Keep;
-        chain
-            .hcm
-            .http_filters
-            .insert(0, HttpFilter::Raw(jwt_authn_filter(jwks)));
-    }
-    l
+    .build_istio(&filter_wasm(), Some(jwt_authn_filter(jwks)))
 }
 
 #[test]
